@@ -1,0 +1,152 @@
+"""The one config tree every run uses.
+
+Config files in `configs/` start from `base_config()` and change what their experiment needs, so every
+key exists (a typo in `--config.x.y=...` is an error, not a silently ignored setting) and every run
+writes out the complete resolved tree. Sections are owned by the module that reads them:
+
+  model      -> maskfeat_jax.models        (architecture; see models/registry.py for named layouts)
+  target     -> maskfeat_jax.targets       (HOG / pixel regression target)
+  mask       -> maskfeat_jax.masking       (mask generator and its grid)
+  data       -> maskfeat_jax.data          (dataset, sampling, crops, workers)
+  augment    -> maskfeat_jax.data / train  (fine-tuning augmentation: RandAugment, erasing, mixup)
+  optim      -> maskfeat_jax.train.optim   (AdamW, lr schedule, clipping, layer decay)
+  mesh       -> maskfeat_jax.train.state   (device mesh and logical-axis rules)
+  checkpoint -> maskfeat_jax.train.checkpoint
+  log        -> maskfeat_jax.train.metrics
+  eval       -> maskfeat_jax.evaluate      (multi-view testing)
+  probe      -> maskfeat_jax.probe         (linear probe)
+"""
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  # What main.py runs: 'pretrain' | 'finetune' | 'eval' | 'probe' | 'demo'.
+  c.mode = "pretrain"
+  c.seed = 0
+  c.batch_size = 8  # global batch (all processes together)
+  c.total_steps = 100  # if `epochs` > 0, total_steps is derived from it and the dataset size
+  c.epochs = 0.0
+  c.log_every_steps = 10
+  c.checkpoint_every_steps = 100
+  c.keep_checkpoints = 3
+  c.eval_every_steps = 0  # 0 = only at the end
+  # Fine-tuning / eval / probe start from this checkpoint: one of our workdirs or checkpoint dirs,
+  # or an official .pyth / state-dict .npz (converted on the fly).
+  c.init_from = ""
+
+  # ---- model (owned by maskfeat_jax.models) ----
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "maskfeat_mvit_tiny"  # a name from models/registry.py; fields below override it
+  c.model.type = "maskfeat"  # 'maskfeat' (pre-training) | 'classifier' (fine-tuning)
+  c.model.num_classes = 0
+  c.model.dtype = "float32"  # compute dtype; params are always float32
+  c.model.remat_policy = "none"  # 'none' | 'full' | 'dots'
+  c.model.drop_path_rate = 0.0
+  c.model.dropout_rate = 0.0
+  # Per-channel normalisation applied on device to the raw 0-255 input (as fractions of 255).
+  c.model.pixel_mean = (0.45, 0.45, 0.45)
+  c.model.pixel_std = (0.225, 0.225, 0.225)
+
+  # ---- target (owned by maskfeat_jax.targets) ----
+  c.target = ml_collections.ConfigDict()
+  c.target.type = "hog"  # 'hog' | 'pixel'
+  c.target.nbins = 9
+  c.target.cell_size = 8
+  c.target.gaussian_window = 0
+
+  # ---- mask (owned by maskfeat_jax.masking) ----
+  c.mask = ml_collections.ConfigDict()
+  c.mask.type = "cube"  # 'cube' | 'block' | 'tube' | 'frame' | 'random' | 'none'
+  c.mask.grid = (8, 7, 7)  # (T', H', W') for video, (H', W') for images
+  c.mask.ratio = 0.4
+  c.mask.min_num_patches = 0  # 0 = official default (max // 5 for cube, n // 5 for block)
+  c.mask.max_num_patches = 0  # 0 = official default (H'*W' for cube, n for block)
+  c.mask.min_aspect = 0.3
+
+  # ---- data (owned by maskfeat_jax.data) ----
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "synthetic_motion"  # TFDS dataset name ('synthetic_motion' is generated on first use)
+  c.data.data_dir = "~/.cache/maskfeat_jax/data"
+  c.data.train_split = "train"
+  c.data.eval_split = "test"
+  c.data.image_mode = False  # True: image datasets (`image`, `label`) for image MaskFeat
+  c.data.num_frames = 16
+  c.data.sampling_rate = 4
+  c.data.target_fps = 30.0
+  c.data.crop_size = 224
+  c.data.train_jitter_scales = (256, 320)
+  c.data.use_random_resized_crop = True
+  c.data.rrc_scale = (0.5, 1.0)
+  c.data.rrc_aspect = (0.75, 1.3333)
+  c.data.random_flip = True
+  c.data.test_short_side = 256
+  c.data.num_workers = 2  # Grain worker processes per JAX process (0 = in-process)
+  c.data.prefetch_buffer_size = 4
+  c.data.num_sample = 1  # repeated sampling: clips drawn per decoded video
+  c.data.shuffle = True
+
+  # ---- fine-tuning augmentation ----
+  c.augment = ml_collections.ConfigDict()
+  c.augment.randaug = ""  # e.g. 'rand-m7-mstd0.5-inc1' (video FT), 'rand-m9-mstd0.5-inc1' (image FT)
+  c.augment.randaug_num_layers = 2
+  c.augment.erase_prob = 0.0
+  c.augment.mixup_alpha = 0.0
+  c.augment.cutmix_alpha = 0.0
+  c.augment.mixup_prob = 1.0
+  c.augment.switch_prob = 0.5
+  c.augment.label_smoothing = 0.0
+
+  # ---- optimisation (owned by maskfeat_jax.train.optim) ----
+  c.optim = ml_collections.ConfigDict()
+  c.optim.base_lr = 1e-4  # per `reference_batch` examples; lr = base_lr * batch_size / reference_batch
+  c.optim.reference_batch = 32
+  c.optim.warmup_steps = 0  # or warmup_epochs (converted with the dataset size) if > 0
+  c.optim.warmup_epochs = 0.0
+  c.optim.start_lr = 1e-6
+  c.optim.end_lr = 1e-6
+  c.optim.weight_decay = 0.05
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
+  c.optim.clip_grad_norm = 0.02  # 0 = no clipping
+  c.optim.layer_decay = 1.0
+  c.optim.zero_wd_1d = True  # no weight decay for 1-D params and biases (official ZERO_WD_1D_PARAM)
+  c.optim.zero_wd_pos_cls = False  # official ZERO_DECAY_POS_CLS: also exempt cls/mask tokens, pos/rel-pos
+  c.optim.grad_accum_steps = 1
+
+  # ---- mesh (owned by maskfeat_jax.train.state) ----
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.shape = (-1, 1)  # -1 = all remaining devices
+  c.mesh.axes = ("data", "fsdp")
+  # Logical axis -> mesh axes. Data parallel + FSDP (params sharded along 'embed' over 'fsdp').
+  c.mesh.rules = (
+      ("batch", ("data", "fsdp")),
+      ("tokens", None),
+      ("embed", "fsdp"),
+      ("mlp", None),
+      ("heads", None),
+      ("kv", None),
+      ("classes", None),
+  )
+
+  # ---- checkpointing ----
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.async_save = True
+
+  # ---- logging ----
+  c.log = ml_collections.ConfigDict()
+  c.log.tensorboard = True
+
+  # ---- evaluation (multi-view) ----
+  c.eval = ml_collections.ConfigDict()
+  c.eval.num_clips = 1
+  c.eval.num_crops = 1
+  c.eval.batch_size = 8
+
+  # ---- linear probe ----
+  c.probe = ml_collections.ConfigDict()
+  c.probe.steps = 200
+  c.probe.lr = 1e-2
+  c.probe.weight_decay = 0.0
+  return c

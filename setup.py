@@ -1,0 +1,44 @@
+"""maskfeat_jax: MaskFeat (masked HOG feature prediction) pre-training of MViT/ViT in JAX/Flax."""
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    # The core stack (versions measured to resolve and work together, 2026-11).
+    "jax>=0.10.2",
+    "jaxlib>=0.10.2",
+    "flax>=0.12.8",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12.8",
+    "chex>=0.1.92",
+    "ml-collections>=1.1.0",
+    "absl-py>=2.1.0",
+    "numpy>=1.26",
+    # Data: Grain over TFDS array_record shards (read and written without TensorFlow).
+    "grain>=0.2.18",
+    "array-record>=0.8.6",
+    "tensorflow-datasets>=4.9.10",
+    "importlib_resources>=6.0",  # imported by tensorflow-datasets but not declared by it
+    "av>=18.1.0",  # PyAV: video decoding in the converter
+    "simplejpeg>=1.9.0",
+    "Pillow>=10.0",
+    "PyYAML>=6.0",  # reading the cfg stored in official checkpoints
+    # Logging / plots.
+    "tqdm>=4.66",
+    "matplotlib>=3.8",
+    "tensorboardX>=2.6",
+]
+
+EXTRAS = {
+    "test": ["pytest>=8.0", "pytest-xdist>=3.5"],
+    # Only for reading official .pyth checkpoints through torch (a torch-free reader is built in).
+    "torch": ["torch>=2.1"],
+}
+
+setup(
+    name="maskfeat_jax",
+    version="0.1.0",
+    description="MaskFeat (Masked Feature Prediction) video/image pre-training with MViT in JAX/Flax",
+    packages=find_packages(include=["maskfeat_jax", "maskfeat_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+)
