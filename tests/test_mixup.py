@@ -113,3 +113,16 @@ def test_smooth_labels_and_soft_cross_entropy():
   hard = mixup.smooth_labels(jnp.array([2, 0]), 4, 0.0)
   ce = -np.asarray(jax.nn.log_softmax(logits))[[0, 1], [2, 0]]
   np.testing.assert_allclose(np.asarray(mixup.soft_cross_entropy(logits, hard, "none")), ce, rtol=1e-6)
+
+
+def test_arguments_from_config_augment():
+  import ml_collections
+  aug = ml_collections.ConfigDict(dict(mixup_alpha=0.0, cutmix_alpha=0.0, mixup_prob=1.0, switch_prob=0.5,
+                                       label_smoothing=0.3))
+  x, labels = _batch()
+  xm, soft = mixup.mixup_cutmix(jax.random.key(0), x, labels, K, aug)
+  np.testing.assert_array_equal(np.asarray(xm), np.asarray(x, np.float32))  # alphas 0 from the config
+  np.testing.assert_allclose(np.asarray(soft).max(-1), 0.7 + 0.3 / K, atol=1e-6)
+  # An explicit keyword wins over the config value.
+  _, soft = mixup.mixup_cutmix(jax.random.key(0), x, labels, K, aug, label_smoothing=0.0)
+  np.testing.assert_allclose(np.asarray(soft).max(-1), 1.0)

@@ -16,7 +16,7 @@ sharded batch) — the same distribution of pairs.
 Layout: channels last, x is `[B, H, W, C]` or `[B, T, H, W, C]`; raw uint8 pixels come out as float32 0–255
 (normalisation is linear, so mixing raw pixels equals mixing normalised ones).
 """
-from typing import Tuple
+from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -80,9 +80,26 @@ def sample_mix_params(rng: jax.Array, *, mixup_alpha: float, cutmix_alpha: float
   return jnp.where(apply, lam, 1.0).astype(jnp.float32), use_cutmix & apply
 
 
-def mixup_cutmix(rng: jax.Array, x: jax.Array, labels: jax.Array, num_classes: int, *,
-                 mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, prob: float = 1.0,
-                 switch_prob: float = 0.5, label_smoothing: float = 0.1,
+_OFFICIAL = dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, label_smoothing=0.1)
+# config.augment key for each argument.
+_CONFIG_KEYS = dict(mixup_alpha="mixup_alpha", cutmix_alpha="cutmix_alpha", prob="mixup_prob",
+                    switch_prob="switch_prob", label_smoothing="label_smoothing")
+
+
+def _resolve(augment_config, **given) -> dict:
+  """Explicit keyword > config.augment value > the official recipe value."""
+  out = {}
+  for name, value in given.items():
+    if value is None and augment_config is not None:
+      value = augment_config[_CONFIG_KEYS[name]]
+    out[name] = float(_OFFICIAL[name] if value is None else value)
+  return out
+
+
+def mixup_cutmix(rng: jax.Array, x: jax.Array, labels: jax.Array, num_classes: int, augment_config=None, *,
+                 mixup_alpha: Optional[float] = None, cutmix_alpha: Optional[float] = None,
+                 prob: Optional[float] = None, switch_prob: Optional[float] = None,
+                 label_smoothing: Optional[float] = None,
                  correct_lam: bool = True) -> Tuple[jax.Array, jax.Array]:
   """Mixes a batch with its flipped self (mixup or cutmix) and returns (x_mixed float32, soft targets [B, K]).
 
@@ -91,12 +108,19 @@ def mixup_cutmix(rng: jax.Array, x: jax.Array, labels: jax.Array, num_classes: i
     x: [B, H, W, C] or [B, T, H, W, C], any numeric dtype (uint8 raw pixels from the loader).
     labels: int [B].
     num_classes: K.
+    augment_config: optional config.augment; supplies every argument below that is not given explicitly
+      (keys mixup_alpha, cutmix_alpha, mixup_prob, switch_prob, label_smoothing). Arguments given neither
+      way take the official recipe values (0.8, 1.0, 1.0, 0.5, 0.1).
     mixup_alpha, cutmix_alpha: Beta parameters; 0 disables that method (both 0: only label smoothing).
     prob: probability that a batch is mixed at all (config.augment.mixup_prob).
     switch_prob: probability of CutMix when both are enabled.
     label_smoothing: s (config.augment.label_smoothing).
     correct_lam: use the clipped box area for lam (timm default True).
   """
+  p = _resolve(augment_config, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=prob,
+               switch_prob=switch_prob, label_smoothing=label_smoothing)
+  mixup_alpha, cutmix_alpha, prob, switch_prob, label_smoothing = (
+      p["mixup_alpha"], p["cutmix_alpha"], p["prob"], p["switch_prob"], p["label_smoothing"])
   if x.ndim not in (4, 5):
     raise ValueError(f"mixup_cutmix: expected x of shape [B,H,W,C] or [B,T,H,W,C], got {x.shape}.")
   if labels.shape != x.shape[:1]:
