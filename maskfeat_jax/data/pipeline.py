@@ -1,0 +1,469 @@
+"""Grain input pipelines over the TFDS array_record shards (no TensorFlow).
+
+Training (`make_train_iterator`), per JAX process:
+
+  step index i (infinite) -> (epoch, example) via a per-epoch global shuffle (seed, epoch) and this process's
+  slice -> read record -> decode only the sampled JPEG frames -> clip sampling + crop/flip (+ FT augs) -> mask
+  -> batch of config.batch_size // process_count clips (Grain worker processes when config.data.num_workers > 0)
+
+All host randomness of an example comes from `np.random.default_rng([seed, epoch, example])`, so it does not
+depend on the number of processes or workers, and a run resumed from a saved iterator state draws the same crops
+and masks. Every process sees ceil(N / P) examples per epoch: process p takes positions p, p + P, ... of the
+epoch's permutation (wrapping around when P does not divide N), so the processes' slices are disjoint and cover
+the epoch when P divides N, and cover it with ceil(N/P)*P - N repeats otherwise; all processes run the same
+number of steps.
+
+Evaluation (`make_eval_iterator`) is finite: every example of the split yields num_clips x num_crops views;
+process p takes examples p, p + P, ...; batches are padded to full size (`valid` = False) and every process yields
+the same number of batches (collectives stay in step).
+
+A record that cannot be read or decoded is skipped (training) or yields invalid views (eval), counted and logged;
+the pipeline raises only when nothing can be read.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import threading
+from typing import Any, Iterator
+
+from absl import logging
+import numpy as np
+
+from maskfeat_jax.data import tfds_video
+from maskfeat_jax.data import transforms
+
+SYNTHETIC_NAME = "synthetic_motion"
+_MAX_FAILURES_WITHOUT_SUCCESS = 16  # consecutive unreadable records, with none readable, before giving up
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What `prepare_dataset` found: enough to size the model head and the schedule."""
+  name: str
+  directory: str
+  num_classes: int
+  class_names: tuple[str, ...]
+  split_sizes: dict[str, int]
+  image_mode: bool
+
+
+# ----------------------------------------------------------------------------------------------- dataset
+def _load_meta(config) -> tfds_video.DatasetMeta:
+  data = config.data
+  ds_dir = tfds_video.find_dataset_dir(data.data_dir, data.name)
+  if ds_dir is None and data.name == SYNTHETIC_NAME:
+    from maskfeat_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+    logging.info("Generating the %s dataset into %s (first use).", SYNTHETIC_NAME, data.data_dir)
+    ds_dir = synthetic.generate(data.data_dir)
+  if ds_dir is None:
+    raise FileNotFoundError(
+        f"Dataset {data.name!r} not found under config.data.data_dir={data.data_dir!r} (looked for "
+        f"{data.data_dir}/{data.name}/<version>/dataset_info.json). Convert videos with "
+        "`python -m maskfeat_jax.data.convert`, or set config.data.name / config.data.data_dir.")
+  meta = tfds_video.read_meta(ds_dir)
+  if meta.image_mode != bool(data.image_mode):
+    kind = "an image" if meta.image_mode else "a video"
+    raise ValueError(f"Dataset {data.name!r} at {ds_dir} is {kind} dataset but config.data.image_mode="
+                     f"{data.image_mode}; set config.data.image_mode={meta.image_mode}.")
+  return meta
+
+
+def prepare_dataset(config) -> DatasetInfo:
+  """Finds (or, for synthetic_motion, generates) the dataset and returns its description."""
+  meta = _load_meta(config)
+  return DatasetInfo(name=meta.name, directory=meta.directory, num_classes=meta.num_classes,
+                     class_names=meta.class_names, split_sizes=dict(meta.split_sizes),
+                     image_mode=meta.image_mode)
+
+
+# ----------------------------------------------------------------------------------------------- sampling spec
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+  """The plain values of the config the map functions need (small and picklable for worker processes)."""
+  seed: int
+  split: str
+  image_mode: bool
+  num_frames: int
+  sampling_rate: int
+  target_fps: float
+  crop_size: int
+  use_rrc: bool
+  rrc_scale: tuple[float, float]
+  rrc_aspect: tuple[float, float]
+  jitter_scales: tuple[int, int]
+  random_flip: bool
+  test_short_side: int
+  num_sample: int
+  num_clips: int
+  num_crops: int
+  mask: dict | None
+  randaug: str
+  randaug_num_layers: int
+  erase_prob: float
+
+
+def _spec(config, split: str, train: bool) -> _Spec:
+  d = config.data
+  pretrain = train and config.mode == "pretrain"
+  finetune_aug = train and config.mode != "pretrain"
+  return _Spec(
+      seed=int(config.seed), split=split, image_mode=bool(d.image_mode), num_frames=int(d.num_frames),
+      sampling_rate=int(d.sampling_rate), target_fps=float(d.target_fps), crop_size=int(d.crop_size),
+      use_rrc=bool(d.use_random_resized_crop), rrc_scale=tuple(float(x) for x in d.rrc_scale),
+      rrc_aspect=tuple(float(x) for x in d.rrc_aspect), jitter_scales=tuple(int(x) for x in d.train_jitter_scales),
+      random_flip=bool(d.random_flip), test_short_side=int(d.test_short_side), num_sample=int(d.num_sample),
+      num_clips=int(config.eval.num_clips), num_crops=int(config.eval.num_crops),
+      mask=config.mask.to_dict() if pretrain else None,
+      randaug=str(config.augment.randaug) if finetune_aug else "",
+      randaug_num_layers=int(config.augment.randaug_num_layers),
+      erase_prob=float(config.augment.erase_prob) if finetune_aug else 0.0)
+
+
+class _Records:
+  """Lazily opened shard source (opened in whichever process reads, so it pickles as file names)."""
+
+  def __init__(self, files: tuple[str, ...]):
+    self.files = files
+    self._source = None
+
+  def __len__(self) -> int:
+    return len(self._get())
+
+  def _get(self):
+    if self._source is None:
+      self._source = tfds_video.open_source(self.files)
+    return self._source
+
+  def __getitem__(self, index: int) -> bytes:
+    return self._get()[index]
+
+  def __getstate__(self):
+    return {"files": self.files, "_source": None}
+
+
+class _Failures:
+  """Counts unreadable records in this process; raises when nothing at all could be read."""
+
+  def __init__(self, split: str):
+    self.split = split
+    self.failed = 0
+    self.succeeded = 0
+    self._lock = threading.Lock()
+
+  def ok(self) -> None:
+    with self._lock:
+      self.succeeded += 1
+
+  def record(self, index: int, error: Exception) -> None:
+    with self._lock:
+      self.failed += 1
+      failed, succeeded = self.failed, self.succeeded
+    logging.warning("Skipping unreadable record %d of split %r (%s: %s); %d skipped so far in this process.",
+                    index, self.split, type(error).__name__, error, failed)
+    if succeeded == 0 and failed >= _MAX_FAILURES_WITHOUT_SUCCESS:
+      raise RuntimeError(f"No record of split {self.split!r} could be read ({failed} failed, the last one "
+                         f"record {index}: {type(error).__name__}: {error}).") from error
+
+  def __getstate__(self):
+    return {"split": self.split, "failed": 0, "succeeded": 0}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._lock = threading.Lock()
+
+
+def _decode_frames(frames_jpeg, indices: np.ndarray) -> np.ndarray:
+  """Decodes only the needed frames (each once) -> uint8 [len(indices), H, W, 3]."""
+  unique, inverse = np.unique(indices, return_inverse=True)
+  decoded = [tfds_video.decode_image(frames_jpeg[i]) for i in unique]
+  shape = decoded[0].shape
+  for i, frame in zip(unique, decoded):
+    if frame.shape != shape:
+      raise ValueError(f"frame {i} has shape {frame.shape}, frame {unique[0]} has {shape}")
+  return np.stack(decoded)[inverse]
+
+
+def _mask_generator(spec: _Spec):
+  from maskfeat_jax import masking  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  return masking.build_mask_generator(ml_collections.ConfigDict(spec.mask))
+
+
+class _TrainMap:
+  """Step index -> one training element (num_sample clips of one example), or None for an unreadable record."""
+
+  def __init__(self, spec: _Spec, records: _Records, num_examples: int, shuffle: bool, process_index: int,
+               process_count: int):
+    self.spec = spec
+    self.records = records
+    self.num_examples = num_examples
+    self.shuffle = shuffle
+    self.process_index = process_index
+    self.process_count = process_count
+    self.per_process = math.ceil(num_examples / process_count)
+    self.failures = _Failures(spec.split)
+    self._mask_gen = None
+
+  def example_at(self, step_index: int) -> tuple[int, int]:
+    """(epoch, example index) of this process's `step_index`-th element."""
+    epoch, position = divmod(step_index, self.per_process)
+    global_position = (position * self.process_count + self.process_index) % self.num_examples
+    return epoch, int(_epoch_order(self.spec.seed, epoch, self.num_examples, self.shuffle)[global_position])
+
+  def __call__(self, step_index: int, _) -> dict[str, np.ndarray] | None:
+    epoch, example = self.example_at(step_index)
+    rng = np.random.default_rng([self.spec.seed, epoch, example])
+    try:
+      record = self.records[example]
+      element = _image_train(self.spec, record, rng) if self.spec.image_mode else \
+          _video_train(self.spec, record, rng)
+    except Exception as error:  # pylint: disable=broad-except
+      self.failures.record(example, error)
+      return None
+    self.failures.ok()
+    if self.spec.mask is not None:
+      if self._mask_gen is None:
+        self._mask_gen = _mask_generator(self.spec)
+      element["mask"] = np.stack([np.asarray(self._mask_gen(rng), np.uint8) for _ in range(self.spec.num_sample)])
+    return element
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state["_mask_gen"] = None  # a closure; rebuilt in each worker
+    return state
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(seed: int, epoch: int, num_examples: int, shuffle: bool) -> np.ndarray:
+  if not shuffle:
+    return np.arange(num_examples)
+  return np.random.default_rng([seed, epoch, num_examples, 0x5EED]).permutation(num_examples)
+
+
+def _augment(spec: _Spec, clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """Fine-tuning augmentations on a uint8 [T,H,W,3] clip (same parameters for all frames)."""
+  if spec.randaug or spec.erase_prob > 0:
+    from maskfeat_jax.data import augment  # pylint: disable=g-import-not-at-top
+    if spec.randaug:
+      clip = augment.rand_augment_video(clip, rng, spec.randaug, spec.randaug_num_layers)
+    if spec.erase_prob > 0:
+      clip = augment.random_erasing(clip, rng, spec.erase_prob)
+  return clip
+
+
+def _video_train(spec: _Spec, record: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
+  parsed = tfds_video.parse_video_record(record)
+  frames = parsed["frames"]
+  index_sets = [transforms.temporal_indices(len(frames), parsed["fps"], spec.num_frames, spec.sampling_rate,
+                                            spec.target_fps, rng=rng) for _ in range(spec.num_sample)]
+  # Repeated sampling: the frames of all clips are decoded once.
+  all_indices = np.concatenate(index_sets)
+  decoded = _decode_frames(frames, all_indices)
+  clips = []
+  for k in range(spec.num_sample):
+    clip = decoded[k * spec.num_frames:(k + 1) * spec.num_frames]
+    clip = transforms.train_spatial(clip, rng, crop_size=spec.crop_size, use_rrc=spec.use_rrc,
+                                    rrc_scale=spec.rrc_scale, rrc_aspect=spec.rrc_aspect,
+                                    jitter_scales=spec.jitter_scales, random_flip=spec.random_flip)
+    clips.append(_augment(spec, clip, rng))
+  return {"video": np.stack(clips), "label": np.full((spec.num_sample,), parsed["label"], np.int32)}
+
+
+def _image_train(spec: _Spec, record: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
+  parsed = tfds_video.parse_image_record(record)
+  image = tfds_video.decode_image(parsed["image"])
+  images = []
+  for _ in range(spec.num_sample):
+    crop = _image_rrc(image, spec, rng)
+    images.append(_augment(spec, crop[None], rng)[0])
+  return {"image": np.stack(images), "label": np.full((spec.num_sample,), parsed["label"], np.int32)}
+
+
+def _image_rrc(image: np.ndarray, spec: _Spec, rng: np.random.Generator) -> np.ndarray:
+  """Image pre-training crop as timm's RandomResizedCropAndInterpolation(bicubic) + flip (PIL resampling)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  h, w = image.shape[:2]
+  top, left, ch, cw = transforms.random_resized_crop_box(h, w, spec.rrc_scale, spec.rrc_aspect, rng)
+  out = Image.fromarray(image).resize((spec.crop_size, spec.crop_size), Image.BICUBIC,
+                                      box=(left, top, left + cw, top + ch))
+  out = np.asarray(out)
+  if spec.random_flip and rng.random() < 0.5:
+    out = out[:, ::-1]
+  return np.ascontiguousarray(out)
+
+
+def _concat_batch(elements):
+  """Grain batch_fn: elements carry a leading num_sample axis; concatenating gives [b, ...]."""
+  return {k: np.concatenate([e[k] for e in elements]) for k in elements[0]}
+
+
+def _check_batch(config, process_count: int) -> int:
+  if config.batch_size % process_count:
+    raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the {process_count} processes")
+  local = config.batch_size // process_count
+  if local % config.data.num_sample:
+    raise ValueError(f"The per-process batch {local} (config.batch_size / processes) must be a multiple of "
+                     f"config.data.num_sample={config.data.num_sample}")
+  return local
+
+
+def _read_options(config, elements_per_batch: int):
+  import grain  # pylint: disable=g-import-not-at-top
+  return grain.ReadOptions(num_threads=2,
+                           prefetch_buffer_size=max(1, config.data.prefetch_buffer_size * elements_per_batch))
+
+
+def make_train_iterator(config, *, process_index: int = 0, process_count: int = 1):
+  """Infinite, checkpointable (get_state / set_state) iterator of this process's training batches.
+
+  A saved state restores only into an iterator built with the same config (seed, batch size, num_workers).
+  """
+  import grain  # pylint: disable=g-import-not-at-top
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} outside [0, {process_count})")
+  local_batch = _check_batch(config, process_count)
+  meta = _load_meta(config)
+  split = config.data.train_split
+  files = meta.files(split)
+  num_examples = meta.split_sizes[split]
+  if num_examples == 0:
+    raise ValueError(f"Split {split!r} of {meta.directory} is empty")
+  fn = _TrainMap(_spec(config, split, train=True), _Records(files), num_examples, bool(config.data.shuffle),
+                 process_index, process_count)
+  videos_per_batch = local_batch // config.data.num_sample
+  ds = grain.MapDataset.range(fn.per_process).repeat().map_with_index(fn)
+  it = ds.to_iter_dataset(_read_options(config, videos_per_batch))
+  it = it.batch(videos_per_batch, drop_remainder=True, batch_fn=_concat_batch)
+  if config.data.num_workers > 0:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(config.data.num_workers),
+                                                     per_worker_buffer_size=int(config.data.prefetch_buffer_size)))
+  return iter(it)
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+class _EvalMap:
+  """Example index -> all its views {'video' [V,...], 'label', 'ok'} (ok False for an unreadable record)."""
+
+  def __init__(self, spec: _Spec, records: _Records):
+    self.spec = spec
+    self.records = records
+    self.failures = _Failures(spec.split)
+    self.num_views = 1 if spec.image_mode else spec.num_clips * len(transforms.spatial_indices(spec.num_crops))
+
+  def view_shape(self) -> tuple[int, ...]:
+    s = self.spec.crop_size
+    return (s, s, 3) if self.spec.image_mode else (self.spec.num_frames, s, s, 3)
+
+  def __call__(self, example: int) -> dict[str, Any]:
+    try:
+      record = self.records[example]
+      views, label = (_image_eval if self.spec.image_mode else _video_eval)(self.spec, record)
+    except Exception as error:  # pylint: disable=broad-except
+      self.failures.record(example, error)
+      return {"views": np.zeros((self.num_views,) + self.view_shape(), np.uint8), "label": np.int32(0),
+              "example": np.int32(example), "ok": np.bool_(False)}
+    self.failures.ok()
+    return {"views": views, "label": np.int32(label), "example": np.int32(example), "ok": np.bool_(True)}
+
+
+def _video_eval(spec: _Spec, record: bytes):
+  parsed = tfds_video.parse_video_record(record)
+  frames = parsed["frames"]
+  crops = transforms.spatial_indices(spec.num_crops)
+  index_sets = [transforms.temporal_indices(len(frames), parsed["fps"], spec.num_frames, spec.sampling_rate,
+                                            spec.target_fps, clip_idx=k, num_clips=spec.num_clips)
+                for k in range(spec.num_clips)]
+  decoded = _decode_frames(frames, np.concatenate(index_sets))
+  views = []
+  for k in range(spec.num_clips):  # view = clip_idx * num_crops + crop position (official order)
+    clip = decoded[k * spec.num_frames:(k + 1) * spec.num_frames]
+    for spatial_idx in crops:
+      views.append(transforms.test_spatial(clip, short_side=spec.test_short_side, crop_size=spec.crop_size,
+                                           spatial_idx=spatial_idx))
+  return np.stack(views), parsed["label"]
+
+
+def _image_eval(spec: _Spec, record: bytes):
+  """timm eval: bicubic resize of the short side to test_short_side, centre crop (PIL)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  parsed = tfds_video.parse_image_record(record)
+  image = tfds_video.decode_image(parsed["image"])
+  h, w = image.shape[:2]
+  rh, rw = transforms.short_side_size(h, w, spec.test_short_side)
+  resized = np.asarray(Image.fromarray(image).resize((rw, rh), Image.BICUBIC))
+  top = int(round((rh - spec.crop_size) / 2))
+  left = int(round((rw - spec.crop_size) / 2))
+  return resized[None, top:top + spec.crop_size, left:left + spec.crop_size], parsed["label"]
+
+
+class EvalIterator:
+  """Finite iterator of padded eval batches; `num_batches` is the same on every process."""
+
+  def __init__(self, per_example, num_local_examples: int, num_batches: int, batch_size: int, num_views: int,
+               view_shape: tuple[int, ...], key: str):
+    self._per_example = per_example
+    self.num_local_examples = num_local_examples
+    self.num_batches = num_batches
+    self.batch_size = batch_size
+    self.num_views = num_views
+    self._view_shape = view_shape
+    self._key = key
+
+  def __len__(self) -> int:
+    return self.num_batches
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    buf = self._empty()
+    fill = 0
+    emitted = 0
+    for element in self._per_example:
+      for v in range(self.num_views):
+        buf[self._key][fill] = element["views"][v]
+        buf["label"][fill] = element["label"]
+        buf["example_id"][fill] = element["example"]
+        buf["view"][fill] = v
+        buf["valid"][fill] = element["ok"]
+        fill += 1
+        if fill == self.batch_size:
+          yield buf
+          emitted += 1
+          buf, fill = self._empty(), 0
+    while emitted < self.num_batches:  # the partial batch, then all-padding batches to match other processes
+      yield buf
+      emitted += 1
+      buf = self._empty()
+
+  def _empty(self) -> dict[str, np.ndarray]:
+    b = self.batch_size
+    return {self._key: np.zeros((b,) + self._view_shape, np.uint8), "label": np.zeros((b,), np.int32),
+            "example_id": np.full((b,), -1, np.int32), "view": np.full((b,), -1, np.int32),
+            "valid": np.zeros((b,), bool)}
+
+
+def make_eval_iterator(config, split: str, *, process_index: int = 0, process_count: int = 1,
+                       batch_size: int | None = None) -> EvalIterator:
+  """Finite iterator over all views of `split` for this process (see module docstring)."""
+  import grain  # pylint: disable=g-import-not-at-top
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} outside [0, {process_count})")
+  batch_size = int(batch_size or config.eval.batch_size)
+  if batch_size <= 0:
+    raise ValueError(f"eval batch_size must be positive, got {batch_size}")
+  meta = _load_meta(config)
+  files = meta.files(split)
+  num_examples = meta.split_sizes[split]
+  if num_examples == 0:
+    raise ValueError(f"Split {split!r} of {meta.directory} is empty")
+  fn = _EvalMap(_spec(config, split, train=False), _Records(files))
+  per_process = math.ceil(num_examples / process_count)
+  num_batches = math.ceil(per_process * fn.num_views / batch_size)
+  local = list(range(process_index, num_examples, process_count))
+  ds = grain.MapDataset.source(local).map(fn)
+  it = ds.to_iter_dataset(_read_options(config, max(1, batch_size // fn.num_views)))
+  if config.data.num_workers > 0 and local:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(config.data.num_workers),
+                                                     per_worker_buffer_size=int(config.data.prefetch_buffer_size)))
+  return EvalIterator(it, len(local), num_batches, batch_size, fn.num_views, fn.view_shape(),
+                      "image" if meta.image_mode else "video")

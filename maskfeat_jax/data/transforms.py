@@ -1,0 +1,209 @@
+"""Host-side clip sampling as the official SlowFast Kinetics loader does it (spec §5.4), in numpy.
+
+Temporal: a clip spans `num_frames * sampling_rate` frames at `target_fps`, i.e. that many seconds' worth of
+source frames; `num_frames` indices are `linspace(start, start + span - 1)` truncated to int and clamped to the
+video. Training draws the start uniformly; testing takes K evenly spaced starts.
+
+Spatial: random-resized-crop (10 tries, centre fallback) or short-side jitter + random crop in training; short-side
+resize + centre / 3 crops in testing; resizing is bilinear with align_corners=False (torch's `interpolate`), done
+as ONE resampling of the stored frames straight into the output crop (a crop of a resize is just a subset of the
+resize's sampling points, so this equals resize-then-crop exactly). Horizontal flip is folded into the sampling.
+Everything returns uint8; normalisation happens on device.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+
+# ----------------------------------------------------------------------------------------------- temporal
+def clip_span(num_frames: int, sampling_rate: int, target_fps: float, source_fps: float) -> float:
+  """Clip length in SOURCE frames (official `clip_sz = sampling_rate * num_frames / target_fps * fps`)."""
+  if source_fps <= 0:  # unknown frame rate: treat the stored frames as being at the target rate
+    source_fps = target_fps
+  return sampling_rate * num_frames / target_fps * source_fps
+
+
+def clip_start(video_size: int, span: float, clip_idx: int, num_clips: int,
+               rng: np.random.Generator | None = None) -> float:
+  """Official `get_start_end_idx` with `USE_OFFSET_SAMPLING`: clip_idx -1 = random start (training)."""
+  delta = max(video_size - span, 0.0)
+  if clip_idx == -1:
+    if rng is None:
+      raise ValueError("clip_idx=-1 (random start) needs an rng")
+    return float(rng.uniform(0.0, delta))
+  if not 0 <= clip_idx < num_clips:
+    raise ValueError(f"clip_idx {clip_idx} outside [0, {num_clips})")
+  if num_clips == 1:
+    return float(math.floor(delta / 2))
+  return float(clip_idx * math.floor(delta / (num_clips - 1)))
+
+
+def clip_indices(video_size: int, start: float, span: float, num_frames: int) -> np.ndarray:
+  """`linspace(start, start + span - 1, num_frames)` truncated to int, clamped to [0, video_size - 1]."""
+  index = np.linspace(start, start + span - 1.0, num_frames)
+  index = np.clip(index, 0, video_size - 1)
+  return index.astype(np.int64)  # truncation, as torch's .long() (values are >= 0 after the clamp)
+
+
+def temporal_indices(video_size: int, source_fps: float, num_frames: int, sampling_rate: int,
+                     target_fps: float, *, rng: np.random.Generator | None = None, clip_idx: int = -1,
+                     num_clips: int = 1) -> np.ndarray:
+  """Frame indices of one clip (random start when clip_idx == -1, else clip clip_idx of num_clips)."""
+  if video_size <= 0:
+    raise ValueError("video has no frames")
+  span = clip_span(num_frames, sampling_rate, target_fps, source_fps)
+  start = clip_start(video_size, span, clip_idx, num_clips, rng)
+  return clip_indices(video_size, start, span, num_frames)
+
+
+# ----------------------------------------------------------------------------------------------- crop boxes
+def random_resized_crop_box(height: int, width: int, scale: Sequence[float], aspect: Sequence[float],
+                            rng: np.random.Generator, num_tries: int = 10) -> tuple[int, int, int, int]:
+  """torchvision/SlowFast RandomResizedCrop parameters -> (top, left, crop_h, crop_w) in source pixels.
+
+  Area fraction ~ U(scale), aspect ratio log-uniform in `aspect`; `num_tries` tries, then the centre crop of
+  the whole frame clipped to the aspect range.
+  """
+  area = height * width
+  log_ratio = (math.log(aspect[0]), math.log(aspect[1]))
+  for _ in range(num_tries):
+    target_area = area * rng.uniform(scale[0], scale[1])
+    ratio = math.exp(rng.uniform(*log_ratio))
+    w = int(round(math.sqrt(target_area * ratio)))
+    h = int(round(math.sqrt(target_area / ratio)))
+    if 0 < w <= width and 0 < h <= height:
+      top = int(rng.integers(0, height - h + 1))
+      left = int(rng.integers(0, width - w + 1))
+      return top, left, h, w
+  in_ratio = width / height
+  if in_ratio < min(aspect):
+    w = width
+    h = int(round(w / min(aspect)))
+  elif in_ratio > max(aspect):
+    h = height
+    w = int(round(h * max(aspect)))
+  else:
+    w, h = width, height
+  return (height - h) // 2, (width - w) // 2, h, w
+
+
+def short_side_size(height: int, width: int, short: int) -> tuple[int, int]:
+  """Official `random_short_side_scale_jitter` output size (long side floored)."""
+  if width < height:
+    return int(math.floor(height / width * short)), short
+  return short, int(math.floor(width / height * short))
+
+
+def uniform_crop_offset(height: int, width: int, size: int, spatial_idx: int) -> tuple[int, int]:
+  """Official `uniform_crop`: idx 1 = centre, 0 / 2 = start / end along the longer side."""
+  y = int(math.ceil((height - size) / 2))
+  x = int(math.ceil((width - size) / 2))
+  if height > width:
+    if spatial_idx == 0:
+      y = 0
+    elif spatial_idx == 2:
+      y = height - size
+  else:
+    if spatial_idx == 0:
+      x = 0
+    elif spatial_idx == 2:
+      x = width - size
+  return y, x
+
+
+# ----------------------------------------------------------------------------------------------- resampling
+def _axis(src_lo: float, scale: float, out_size: int, clamp_lo: int, clamp_hi: int, flip: bool = False):
+  """Bilinear (align_corners=False) taps along one axis.
+
+  Output pixel i samples source coordinate src_lo + (i + 0.5) * scale - 0.5, clamped to [clamp_lo, clamp_hi]
+  (torch clamps negative coordinates to the first pixel and repeats the last one at the far edge).
+  """
+  coord = src_lo + (np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5
+  coord = np.clip(coord, clamp_lo, clamp_hi)
+  i0 = np.floor(coord).astype(np.int64)
+  i1 = np.minimum(i0 + 1, clamp_hi)
+  w1 = (coord - i0).astype(np.float32)
+  if flip:
+    i0, i1, w1 = i0[::-1].copy(), i1[::-1].copy(), w1[::-1].copy()
+  return i0, i1, w1
+
+
+def _resample(frames: np.ndarray, ys, xs) -> np.ndarray:
+  """uint8 [..., H, W, C] -> uint8 [..., oh, ow, C] with separable bilinear taps (rows, then columns)."""
+  y0, y1, wy = ys
+  x0, x1, wx = xs
+  # Only the columns the output reads are interpolated in the row pass.
+  lo, hi = int(min(x0.min(), x1.min())), int(max(x0.max(), x1.max())) + 1
+  sub = frames[..., lo:hi, :]
+  wy = wy[:, None, None]
+  top = sub[..., y0, :, :].astype(np.float32)
+  rows = top + (sub[..., y1, :, :].astype(np.float32) - top) * wy
+  left = rows[..., x0 - lo, :]
+  out = left + (rows[..., x1 - lo, :] - left) * wx[:, None]
+  return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def crop_resize(frames: np.ndarray, box: tuple[int, int, int, int], out_size: int | tuple[int, int],
+                flip: bool = False) -> np.ndarray:
+  """Crops box (top, left, h, w) and resizes it bilinearly to out_size (torch crop-then-interpolate)."""
+  oh, ow = (out_size, out_size) if isinstance(out_size, int) else out_size
+  top, left, h, w = box
+  ys = _axis(top, h / oh, oh, top, top + h - 1)
+  xs = _axis(left, w / ow, ow, left, left + w - 1, flip)
+  return _resample(frames, ys, xs)
+
+
+def resize_crop(frames: np.ndarray, resized_hw: tuple[int, int], offset: tuple[int, int],
+                out_size: int | tuple[int, int], flip: bool = False) -> np.ndarray:
+  """Resizes the frames to resized_hw and takes the out_size crop at integer `offset`, in one resampling."""
+  h, w = frames.shape[-3], frames.shape[-2]
+  oh, ow = (out_size, out_size) if isinstance(out_size, int) else out_size
+  rh, rw = resized_hw
+  if offset[0] < 0 or offset[1] < 0 or offset[0] + oh > rh or offset[1] + ow > rw:
+    raise ValueError(f"crop {oh}x{ow} at {offset} does not fit in the resized {rh}x{rw} frame")
+  sy, sx = h / rh, w / rw
+  ys = _axis(offset[0] * sy, sy, oh, 0, h - 1)
+  xs = _axis(offset[1] * sx, sx, ow, 0, w - 1, flip)
+  return _resample(frames, ys, xs)
+
+
+# ----------------------------------------------------------------------------------------------- clip level
+def train_spatial(frames: np.ndarray, rng: np.random.Generator, *, crop_size: int, use_rrc: bool,
+                  rrc_scale: Sequence[float], rrc_aspect: Sequence[float], jitter_scales: Sequence[int],
+                  random_flip: bool) -> np.ndarray:
+  """Training crop of a clip (or image) [..., H, W, 3]: RRC or short-side jitter + random crop, then flip."""
+  h, w = frames.shape[-3], frames.shape[-2]
+  if use_rrc:
+    box = random_resized_crop_box(h, w, rrc_scale, rrc_aspect, rng)
+    flip = bool(random_flip and rng.random() < 0.5)
+    return crop_resize(frames, box, crop_size, flip)
+  short = int(round(rng.uniform(jitter_scales[0], jitter_scales[1])))
+  if short < crop_size:
+    raise ValueError(f"config.data.train_jitter_scales {tuple(jitter_scales)} must be >= crop_size {crop_size}")
+  rh, rw = short_side_size(h, w, short)
+  y = int(rng.integers(0, rh - crop_size + 1))
+  x = int(rng.integers(0, rw - crop_size + 1))
+  flip = bool(random_flip and rng.random() < 0.5)
+  return resize_crop(frames, (rh, rw), (y, x), crop_size, flip)
+
+
+def test_spatial(frames: np.ndarray, *, short_side: int, crop_size: int, spatial_idx: int) -> np.ndarray:
+  """Test view: short side resized to `short_side`, crop `spatial_idx` (0/1/2) of size crop_size."""
+  h, w = frames.shape[-3], frames.shape[-2]
+  if short_side < crop_size:
+    raise ValueError(f"config.data.test_short_side {short_side} must be >= crop_size {crop_size}")
+  rh, rw = short_side_size(h, w, short_side)
+  offset = uniform_crop_offset(rh, rw, crop_size, spatial_idx)
+  return resize_crop(frames, (rh, rw), offset, crop_size)
+
+
+def spatial_indices(num_crops: int) -> tuple[int, ...]:
+  """Official spatial crop indices: 1 crop = centre (1); 3 crops = (0, 1, 2)."""
+  if num_crops == 1:
+    return (1,)
+  if num_crops == 3:
+    return (0, 1, 2)
+  raise ValueError(f"config.eval.num_crops must be 1 or 3, got {num_crops}")
