@@ -34,6 +34,11 @@ def base_config() -> ml_collections.ConfigDict:
   # Fine-tuning / eval / probe start from this checkpoint: one of our workdirs or checkpoint dirs,
   # or an official .pyth / state-dict .npz (converted on the fly).
   c.init_from = ""
+  # Demo phases (mode 'demo'): overrides of this tree for the pre-training and the fine-tuning phase
+  # (the from-scratch baseline is the fine-tuning phase without init_from). Filled in configs/demo.py.
+  c.demo = ml_collections.ConfigDict()
+  c.demo.pretrain = ml_collections.ConfigDict()
+  c.demo.finetune = ml_collections.ConfigDict()
 
   # ---- model (owned by maskfeat_jax.models) ----
   c.model = ml_collections.ConfigDict()
@@ -132,11 +137,13 @@ def base_config() -> ml_collections.ConfigDict:
 
   # ---- checkpointing ----
   c.checkpoint = ml_collections.ConfigDict()
-  c.checkpoint.async_save = True
+  c.checkpoint.async_save = True  # Orbax writes in the background while training continues
 
   # ---- logging ----
   c.log = ml_collections.ConfigDict()
   c.log.tensorboard = True
+  # Stop when the loss exceeds this factor times the run's first loss (0 = off); NaN/inf always stops.
+  c.log.explode_factor = 10.0
 
   # ---- evaluation (multi-view) ----
   c.eval = ml_collections.ConfigDict()

@@ -1,0 +1,138 @@
+"""Run outputs: console progress, WORKDIR/metrics.jsonl, TensorBoard events, the resolved config.
+
+Only process 0 writes. Scalars arrive as host numbers (the loop fetches them every few steps).
+"""
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+from absl import logging
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss became NaN/inf or exploded; the message names the step."""
+
+
+def write_config(workdir: str, config, extra: dict | None = None):
+  """WORKDIR/config.json (machine-readable, incl. `extra` such as the param count) and config.yaml."""
+  d = config.to_dict()
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump({**d, **({"_run": extra} if extra else {})}, f, indent=2, default=str)
+  with open(os.path.join(workdir, "config.yaml"), "w") as f:
+    f.write(config.to_yaml() if hasattr(config, "to_yaml") else str(config))
+    if extra:
+      f.write("\n# run\n" + "".join(f"# {k}: {v}\n" for k, v in extra.items()))
+
+
+def check_losses(losses: list[tuple[int, float]], reference: float | None, explode_factor: float):
+  """Raises TrainingDiverged at the first non-finite or exploded loss.
+
+  Args:
+    losses: (step, loss) pairs in step order; step = the update that produced the loss (1-based).
+    reference: the first loss of the run (None: not known yet, only finiteness is checked).
+    explode_factor: loss > explode_factor * reference counts as exploded (0 = off).
+  """
+  for step, loss in losses:
+    if not math.isfinite(loss):
+      raise TrainingDiverged(
+          f"Loss is {loss} at step {step}: training stopped. The last checkpoint before it is kept; "
+          "lower config.optim.base_lr, enable clipping (config.optim.clip_grad_norm) or check the data.")
+    if reference is not None and explode_factor > 0 and loss > explode_factor * max(reference, 1e-12):
+      raise TrainingDiverged(
+          f"Loss exploded at step {step}: {loss:.4g} > {explode_factor:g} x the first loss "
+          f"{reference:.4g} (config.log.explode_factor). Training stopped; the last checkpoint before "
+          "it is kept. Lower config.optim.base_lr or raise the factor (0 = off).")
+
+
+def format_eta(seconds: float) -> str:
+  if not math.isfinite(seconds) or seconds < 0:
+    return "?"
+  m, s = divmod(int(seconds), 60)
+  h, m = divmod(m, 60)
+  return f"{h:d}:{m:02d}:{s:02d}"
+
+
+class MetricsWriter:
+  """Console + JSONL + TensorBoard for one run (a no-op on processes other than 0)."""
+
+  def __init__(self, workdir: str, *, total_steps: int, batch_size: int, start_step: int = 0,
+               primary: bool = True, tensorboard: bool = True, prefix: str = "", stream=None):
+    self.workdir = workdir
+    self.total_steps = total_steps
+    self.batch_size = batch_size
+    self.primary = primary
+    self.prefix = prefix
+    self.stream = stream or sys.stdout
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if primary else None
+    self._tb = None
+    if primary and tensorboard:
+      from tensorboardX import SummaryWriter  # TensorFlow-free event writer
+      self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+    self._last_step = start_step
+    self._last_time = time.perf_counter()
+    self._data_time = 0.0
+
+  def restart_clock(self, step: int):
+    """Starts the throughput window at `step` now (e.g. after the first step's compilation)."""
+    self._last_step, self._last_time, self._data_time = step, time.perf_counter(), 0.0
+
+  def add_data_time(self, seconds: float):
+    """Host time spent waiting for the next batch (and placing it on the devices)."""
+    self._data_time += seconds
+
+  def write(self, step: int, scalars: dict[str, Any], console: bool = True):
+    """Logs scalars at `step`; adds clips/s, data-wait and ETA since the previous call."""
+    if not self.primary:
+      return
+    now = time.perf_counter()
+    steps = max(step - self._last_step, 0)
+    elapsed = now - self._last_time
+    rec = {k: float(v) for k, v in scalars.items()}
+    if steps > 0 and elapsed > 0:
+      rec["steps_per_sec"] = steps / elapsed
+      rec["clips_per_sec"] = steps * self.batch_size / elapsed
+      rec["data_wait_frac"] = self._data_time / elapsed
+      rec["step_time_ms"] = 1e3 * elapsed / steps
+      rec["data_time_ms"] = 1e3 * self._data_time / steps
+    self._last_step, self._last_time = step, now
+    self._data_time = 0.0
+    self.scalars(step, rec)
+    if console:
+      self.console(step, rec)
+
+  def scalars(self, step: int, rec: dict[str, float]):
+    if not self.primary:
+      return
+    self._jsonl.write(json.dumps({"step": step, "time": time.time(), **rec}) + "\n")
+    self._jsonl.flush()
+    if self._tb is not None:
+      for k, v in rec.items():
+        self._tb.add_scalar(k, v, step)
+
+  def console(self, step: int, rec: dict[str, float]):
+    parts = [f"{self.prefix}step {step}/{self.total_steps}"]
+    for k in ("loss", "train_top1"):
+      if k in rec:
+        parts.append(f"{k} {rec[k]:.4f}")
+    if "lr" in rec:
+      parts.append(f"lr {rec['lr']:.3e}")
+    if "grad_norm" in rec:
+      parts.append(f"gnorm {rec['grad_norm']:.3g}")
+    if "clips_per_sec" in rec:
+      parts.append(f"{rec['clips_per_sec']:.1f} clips/s")
+      parts.append(f"step {rec['step_time_ms']:.0f}ms (data {rec['data_time_ms']:.0f}ms)")
+      parts.append(f"ETA {format_eta((self.total_steps - step) / rec['steps_per_sec'])}")
+    line = " | ".join(parts)
+    print(line, file=self.stream, flush=True)
+    logging.info(line)
+
+  def close(self):
+    if self._jsonl is not None:
+      self._jsonl.close()
+      self._jsonl = None
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None

@@ -1,0 +1,116 @@
+"""Pure train steps (pre-training and fine-tuning) and their jitted, sharded form.
+
+A step does one optimizer update on the global batch. With `optim.grad_accum_steps = a > 1` the batch is
+split into `a` micro-batches that are scanned over (gradients averaged), so memory holds one micro-batch of
+activations. The step RNG is `fold_in(state.rng, state.step)`: a resumed run draws the same dropout / drop
+path randomness as a straight one.
+"""
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from maskfeat_jax.train import state as state_lib
+
+LossFn = Callable[[Any, dict, jax.Array], tuple[jax.Array, dict]]
+
+
+def input_key(config) -> str:
+  return "image" if config.data.image_mode else "video"
+
+
+def pretrain_loss_fn(config, model) -> LossFn:
+  """MaskFeat loss: the model computes the HOG target from the raw pixels and the masked MSE."""
+  key = input_key(config)
+
+  def loss_fn(params, batch, rng):
+    out = model.apply({"params": params}, batch[key], batch["mask"], train=True, rngs={"dropout": rng})
+    return out["loss"], {}
+  return loss_fn
+
+
+def soft_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """Mean over the batch of -sum(targets * log_softmax(logits)) (official SoftTargetCrossEntropy)."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return -jnp.mean(jnp.sum(targets * logp, axis=-1))
+
+
+def _uses_mixup(config) -> bool:
+  return config.augment.mixup_alpha > 0 or config.augment.cutmix_alpha > 0
+
+
+def finetune_loss_fn(config, model, num_classes: int) -> LossFn:
+  """Soft-target cross-entropy on label-smoothed one-hot targets, or on mixup/cutmix targets."""
+  key = input_key(config)
+  smoothing = config.augment.label_smoothing
+
+  def loss_fn(params, batch, rng):
+    x = batch[key]
+    mix_rng, drop_rng = jax.random.split(rng)
+    if _uses_mixup(config):
+      from maskfeat_jax.train import mixup  # the fine-tune recipe's module (jnp, jittable)
+      x, targets = mixup.mixup_cutmix(mix_rng, x, batch["label"], num_classes, config.augment)
+    else:
+      targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], num_classes), smoothing)
+    logits = model.apply({"params": params}, x, train=True, rngs={"dropout": drop_rng})
+    loss = soft_cross_entropy(logits, targets)
+    acc = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+    return loss, {"train_top1": acc}
+  return loss_fn
+
+
+def _split_micro(batch: dict, n: int) -> dict:
+  """[B, ...] -> [n, B/n, ...] keeping each device's rows on it: example i goes to micro-batch i % n."""
+  def split(x):
+    b = x.shape[0]
+    return jnp.swapaxes(x.reshape((b // n, n) + x.shape[1:]), 0, 1)
+  return jax.tree.map(split, batch)
+
+
+def value_and_grad(loss_fn: LossFn, params, batch: dict, rng: jax.Array, accum: int):
+  """(loss, aux), grads, averaged over `accum` micro-batches (a scan) when accum > 1."""
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if accum == 1:
+    return grad_fn(params, batch, rng)
+  micro = _split_micro(batch, accum)
+
+  def body(carry, inputs):
+    i, mb = inputs
+    (loss, aux), g = grad_fn(params, mb, jax.random.fold_in(rng, i))
+    acc_loss, acc_aux, acc_g = carry
+    return (acc_loss + loss, jax.tree.map(jnp.add, acc_aux, aux), jax.tree.map(jnp.add, acc_g, g)), None
+
+  (_, aux0), _ = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), rng)
+  zeros = (jnp.zeros((), jnp.float32), jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), aux0),
+           jax.tree.map(jnp.zeros_like, params))
+  (loss, aux, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
+  scale = 1.0 / accum
+  return (loss * scale, jax.tree.map(lambda a: a * scale, aux)), jax.tree.map(lambda g: g * scale, grads)
+
+
+def make_step_fn(loss_fn: LossFn, tx: optax.GradientTransformation, lr_fn, accum: int = 1):
+  """The pure step: (TrainState, batch) -> (TrainState, metrics)."""
+
+  def step(state: state_lib.TrainState, batch: dict):
+    rng = jax.random.fold_in(state.rng, state.step)
+    (loss, aux), grads = value_and_grad(loss_fn, state.params, batch, rng, accum)
+    grad_norm = optax.tree.norm(grads)  # before clipping (what the official logs show)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr_fn(state.step), **aux}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  return step
+
+
+def batch_shardings(config, mesh, batch_shapes: dict) -> dict:
+  """NamedSharding per batch key: leading (batch) dim over the data-parallel mesh axes."""
+  return {k: state_lib.batch_sharding(config, mesh, len(shape)) for k, shape in batch_shapes.items()}
+
+
+def jit_step(step_fn, state_shardings, batch_shard: dict, mesh):
+  """jit with explicit in/out shardings and the state donated (updated in place)."""
+  replicated = NamedSharding(mesh, P())
+  return jax.jit(step_fn, in_shardings=(state_shardings, batch_shard),
+                 out_shardings=(state_shardings, replicated), donate_argnums=(0,))
