@@ -1,0 +1,171 @@
+"""Tests for multi-view evaluation: view aggregation, top-k, confusion matrix, evaluate() end to end."""
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+
+from maskfeat_jax import evaluate as ev
+from maskfeat_jax.config_defaults import base_config
+
+
+# ------------------------------------------------------------------------------------------ pure helpers
+def test_aggregate_views_averages_per_example_and_ignores_padding():
+  probs = np.array([[0.6, 0.4], [0.2, 0.8], [0.9, 0.1], [0.0, 1.0], [0.5, 0.5]])
+  ids = np.array([7, 3, 7, 3, 0])
+  labels = np.array([0, 1, 0, 1, 0])
+  valid = np.array([True, True, True, True, False])  # last row is padding (its id 0 never appears)
+  r = ev.aggregate_views(probs, labels, ids, valid)
+  np.testing.assert_array_equal(r.example_ids, [7, 3])
+  np.testing.assert_allclose(r.values, [[0.75, 0.25], [0.1, 0.9]])
+  np.testing.assert_array_equal(r.labels, [0, 1])
+  np.testing.assert_array_equal(r.num_views, [2, 2])
+
+
+def test_accumulator_streams_batches_like_one_call():
+  rng = np.random.default_rng(0)
+  n, views, c = 37, 3, 5
+  probs = rng.random((n * views, c))
+  ids = np.tile(np.arange(n) * 10 + 1, views)
+  labels = np.tile(rng.integers(0, c, n), views)
+  perm = rng.permutation(n * views)
+  probs, ids, labels = probs[perm], ids[perm], labels[perm]
+  acc = ev.ViewAccumulator()
+  for s in range(0, n * views, 8):  # batches split views of an example across batches
+    acc.add(probs[s:s + 8], labels[s:s + 8], ids[s:s + 8], np.ones(len(ids[s:s + 8]), bool))
+  r = acc.result()
+  whole = ev.aggregate_views(probs, labels, ids)
+  order = np.argsort(r.example_ids)
+  order_w = np.argsort(whole.example_ids)
+  np.testing.assert_allclose(r.values[order], whole.values[order_w])
+  assert (r.num_views == views).all()
+  for i, eid in enumerate(r.example_ids):
+    np.testing.assert_allclose(r.values[i], probs[ids == eid].mean(0))
+
+
+def test_aggregate_rejects_inconsistent_labels():
+  with pytest.raises(ValueError, match="example_id 4"):
+    ev.aggregate_views(np.ones((2, 3)), [0, 1], [4, 4])
+
+
+def test_topk_accuracy():
+  scores = np.array([[0.1, 0.5, 0.2, 0.15, 0.05],
+                     [0.3, 0.1, 0.2, 0.25, 0.15],
+                     [0.2, 0.2, 0.2, 0.2, 0.2]])
+  labels = np.array([1, 2, 4])
+  acc = ev.topk_accuracy(scores, labels, (1, 2, 3, 5))
+  assert acc[1] == pytest.approx(1 / 3)  # only row 0
+  assert acc[2] == pytest.approx(1 / 3)  # row 1: class 2 ranks 3rd
+  assert acc[3] == pytest.approx(2 / 3)
+  assert acc[5] == pytest.approx(1.0)
+  assert ev.topk_accuracy(scores[:, :3], np.array([1, 2, 0]), (5,))[5] == 1.0  # k capped at C
+
+
+def test_confusion_matrix_and_per_class_accuracy():
+  labels = np.array([0, 0, 1, 1, 1, 2])
+  preds = np.array([0, 1, 1, 1, 0, 1])
+  cm = ev.confusion_matrix(labels, preds, 4)
+  expect = np.zeros((4, 4), int)
+  expect[0, 0] = expect[0, 1] = expect[1, 0] = expect[2, 1] = 1
+  expect[1, 1] = 2
+  np.testing.assert_array_equal(cm, expect)
+  pca = ev.per_class_accuracy(cm)
+  np.testing.assert_allclose(pca[:3], [0.5, 2 / 3, 0.0])
+  assert np.isnan(pca[3])  # no examples of class 3
+  with pytest.raises(ValueError, match="predictions"):
+    ev.confusion_matrix(labels, preds + 5, 4)
+
+
+# ------------------------------------------------------------------------------------------ evaluate()
+class TinyClassifier(nn.Module):
+  """Mean colour → linear logits; `features` = mean colour (the model contract's two methods)."""
+  num_classes: int = 3
+
+  def features(self, x):
+    return jnp.mean(x.astype(jnp.float32) / 255.0, axis=tuple(range(1, x.ndim - 1)))
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    return nn.Dense(self.num_classes, name="head")(self.features(x))
+
+
+def _config(num_clips=2, num_crops=1, batch=4):
+  c = base_config()
+  c.mode = "eval"
+  c.eval.num_clips, c.eval.num_crops, c.eval.batch_size = num_clips, num_crops, batch
+  return c
+
+
+def _mesh():
+  return Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "fsdp"),
+              axis_types=(jax.sharding.AxisType.Auto,) * 2)
+
+
+def _views_iterator(labels, num_views, batch, t=2, hw=4, seed=0):
+  """Eval-iterator layout: one row per view, padded to full batches with valid = False."""
+  rng = np.random.default_rng(seed)
+  rows = []
+  for eid, lab in enumerate(labels):
+    for v in range(num_views):
+      colour = np.zeros(3)
+      colour[lab] = 200 + rng.integers(-40, 40)
+      video = np.broadcast_to(colour, (t, hw, hw, 3)).astype(np.uint8)
+      rows.append(dict(video=video, label=lab, example_id=eid * 3 + 11, view=v, valid=True))
+  while len(rows) % batch:
+    rows.append(dict(rows[0], valid=False, label=0, example_id=-1))
+  for s in range(0, len(rows), batch):
+    chunk = rows[s:s + batch]
+    yield {k: np.stack([np.asarray(r[k]) for r in chunk]) for k in chunk[0]}
+
+
+def _params(num_classes=3):
+  # Logit of class k = 10 * (mean colour channel k): the right class wins unless a view is ambiguous.
+  return {"head": {"kernel": jnp.eye(3, num_classes) * 10.0, "bias": jnp.zeros((num_classes,))}}
+
+
+def test_evaluate_end_to_end_with_reports(tmp_path, capsys):
+  labels = [0, 1, 2, 1, 0]
+  config = _config(num_clips=3, num_crops=1, batch=4)
+  out = ev.evaluate(config, TinyClassifier(), _params(), _mesh(), "test", workdir=str(tmp_path),
+                    iterator=_views_iterator(labels, 3, 4))
+  assert out["top1"] == 1.0 and out["top5"] == 1.0
+  assert out["num_examples"] == 5 and out["num_views"] == 3 and out["min_views"] == out["max_views"] == 3
+  assert out["per_class_accuracy"] == [1.0, 1.0, 1.0]
+  printed = capsys.readouterr().out
+  for line in printed.splitlines()[1:-1]:
+    assert "3 views (3 clips x 1 crop)" in line  # every number carries the view count
+  cm = json.load(open(tmp_path / "eval_test" / "confusion_matrix.json"))
+  np.testing.assert_array_equal(cm["matrix"], np.diag([2, 2, 1]))
+  assert os.path.getsize(tmp_path / "eval_test" / "confusion_matrix.png") > 1000
+  metrics = json.load(open(tmp_path / "eval_test" / "metrics.json"))
+  assert metrics["top1"] == 1.0 and metrics["views"].startswith("3 views")
+
+
+def test_evaluate_averages_softmax_over_views():
+  # Example 0 (label 0): view A says class 0 weakly, view B says class 1 strongly → the average picks 1.
+  config = _config(num_clips=2, batch=2)
+  va = np.zeros((1, 2, 4, 4, 3), np.uint8)
+  va[..., 0], va[..., 1] = 60, 50
+  vb = np.zeros((1, 2, 4, 4, 3), np.uint8)
+  vb[..., 1] = 250
+  batch = dict(video=np.concatenate([va, vb]), label=np.array([0, 0]), example_id=np.array([5, 5]),
+               view=np.array([0, 1]), valid=np.array([True, True]))
+  out = ev.evaluate(config, TinyClassifier(), _params(), _mesh(), "test", iterator=[batch], verbose=False)
+  assert out["top1"] == 0.0 and out["top5"] == 1.0
+  # Only view A: correct.
+  single = {k: v[:1] for k, v in batch.items()}
+  single = {k: np.concatenate([v, v]) for k, v in single.items()}
+  single["valid"] = np.array([True, False])
+  out = ev.evaluate(config, TinyClassifier(), _params(), _mesh(), "test", iterator=[single], verbose=False)
+  assert out["top1"] == 1.0 and out["min_views"] == 1
+
+
+def test_evaluate_batch_size_error_names_key():
+  config = _config(batch=0)
+  with pytest.raises(ValueError, match="config.eval.batch_size=0"):
+    ev.evaluate(config, TinyClassifier(), _params(), _mesh(), "test", iterator=[])
