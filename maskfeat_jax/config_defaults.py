@@ -156,4 +156,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.probe.steps = 200
   c.probe.lr = 1e-2
   c.probe.weight_decay = 0.0
+  c.probe.batch_size = 0  # 0 = full-batch steps on the cached features
+  c.probe.train_split = ""  # '' = data.train_split
+  c.probe.eval_split = ""  # '' = data.eval_split
+  c.probe.num_clips = 1  # feature views per example (deterministic eval views, averaged)
+  c.probe.num_crops = 1
   return c

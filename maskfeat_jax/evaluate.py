@@ -303,7 +303,9 @@ def evaluate(config, model, params, mesh, split: str, workdir: Optional[str] = N
     (= num_clips × num_crops), num_clips, num_crops, min_views / max_views (observed per example),
     views_per_sec, eval_seconds; and non-scalars per_class_accuracy (list, NaN → None) and files (dict).
   """
-  num_clips, num_crops = int(config.eval.num_clips), int(config.eval.num_crops)
+  # Images have one view whatever eval.num_clips / num_crops say (the eval iterator ignores them).
+  num_clips, num_crops = ((1, 1) if config.data.image_mode
+                          else (int(config.eval.num_clips), int(config.eval.num_crops)))
   res, rows, seconds = run_views(config, model, params, mesh, split, iterator=iterator)
   if res.example_ids.size == 0:
     raise ValueError(f"evaluate: split {split!r} gave no valid rows (check config.data.eval_split and the data).")
