@@ -125,6 +125,14 @@ class ShardWriter:
     self._writer.close()
     os.replace(self._tmp, self.path)
 
+  def abort(self) -> None:
+    """Drops the partial shard (an interrupted run leaves nothing that looks like a shard)."""
+    try:
+      self._writer.close()
+    finally:
+      if os.path.exists(self._tmp):
+        os.remove(self._tmp)
+
 
 def write_dataset_info(ds_dir: str | os.PathLike, name: str, class_names: Sequence[str],
                        split_shard_lengths: dict[str, Sequence[int]], *, description: str = "",
