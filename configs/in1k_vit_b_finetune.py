@@ -1,0 +1,74 @@
+r"""Fine-tuning of a MaskFeat ViT-B/16 on ImageNet-1K (official in1k_VIT_B_MaskFeat_FT.yaml; spec §5.3–§5.4).
+
+  python -m maskfeat_jax.main --config=configs/in1k_vit_b_finetune.py \
+      --config.init_from=/path/to/in1k_VIT_B_MaskFeat_PT_epoch_01600.pyth --workdir=/tmp/ft_vit_b
+
+Recipe (per 8-GPU node; lr = base_lr x batch_size / reference_batch): 512 images per step, AdamW (0.9, 0.999)
+wd 0.05, base lr 2e-3 per 512 images, 20 warmup epochs from 1e-8, cosine to 1e-6 over 100 epochs, layer decay
+0.65, drop path 0.1, no gradient clipping; timm pipeline: RandomResizedCrop area (0.08, 1) to 224, flip,
+RandAugment rand-m9-mstd0.5-inc1 (2 ops), random erasing p 0.25 (pixel), mixup 0.8 / cutmix 1.0 (switch 0.5),
+label smoothing 0.1. Test: short side 256 (bicubic), centre crop 224, 1 view. README: 84.0% top-1.
+
+`:local`: a 4-block, 192-wide ViT/16 with batch 32 and 200 steps on the same data (a smoke run on one host).
+"""
+from maskfeat_jax.config_defaults import base_config
+from maskfeat_jax.models import registry
+
+
+def _imagenet(c, rrc_scale):
+  d = c.data
+  d.name = "imagenet2012"
+  d.image_mode = True
+  d.crop_size = 224
+  d.use_random_resized_crop = True
+  d.rrc_scale = rrc_scale
+  d.rrc_aspect = (0.75, 1.3333)
+  d.random_flip = True
+  d.test_short_side = 256
+  d.num_sample = 1
+  c.eval.num_clips, c.eval.num_crops = 1, 1
+
+
+def _image_finetune_augment(c):
+  a = c.augment
+  a.randaug, a.randaug_num_layers = "rand-m9-mstd0.5-inc1", 2
+  a.erase_prob = 0.25
+  a.mixup_alpha, a.cutmix_alpha, a.mixup_prob, a.switch_prob = 0.8, 1.0, 1.0, 0.5
+  a.label_smoothing = 0.1
+
+
+def _local(c):
+  c.model.embed_dim, c.model.depth, c.model.num_heads = 192, 4, 3
+  c.batch_size = 32
+  c.epochs = 0.0
+  c.total_steps = 200
+  c.optim.warmup_epochs = 0.0
+  c.optim.warmup_steps = 20
+  c.log_every_steps = 20
+  c.checkpoint_every_steps = 100
+  c.eval.batch_size = 32
+
+
+def get_config(arg=None):
+  c = base_config()
+  c.mode = "finetune"
+  c.model = registry.get_model_config("vit_b_ft")
+  c.model.num_classes = 1000
+  c.model.drop_path_rate = 0.1
+  c.mask.type = "none"
+  _imagenet(c, rrc_scale=(0.08, 1.0))
+  _image_finetune_augment(c)
+  c.batch_size = 512
+  c.epochs = 100.0
+  o = c.optim
+  o.base_lr, o.reference_batch = 2e-3, 512
+  o.warmup_epochs, o.start_lr, o.end_lr = 20.0, 1e-8, 1e-6
+  o.weight_decay, o.b1, o.b2, o.eps = 0.05, 0.9, 0.999, 1e-8
+  o.clip_grad_norm = 0.0  # none in the image FT recipe
+  o.layer_decay = 0.65
+  o.zero_wd_1d, o.zero_wd_pos_cls = True, False
+  if arg == "local":
+    _local(c)
+  elif arg:
+    raise ValueError(f"configs/in1k_vit_b_finetune.py:{arg}: unknown variant (known: '', 'local').")
+  return c
