@@ -18,6 +18,8 @@ writes out the complete resolved tree. Sections are owned by the module that rea
 """
 import ml_collections
 
+from maskfeat_jax.models import registry
+
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -41,17 +43,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.demo.finetune = ml_collections.ConfigDict()
 
   # ---- model (owned by maskfeat_jax.models) ----
-  c.model = ml_collections.ConfigDict()
-  c.model.name = "maskfeat_mvit_tiny"  # a name from models/registry.py; fields below override it
-  c.model.type = "maskfeat"  # 'maskfeat' (pre-training) | 'classifier' (fine-tuning)
-  c.model.num_classes = 0
-  c.model.dtype = "float32"  # compute dtype; params are always float32
-  c.model.remat_policy = "none"  # 'none' | 'full' | 'dots'
-  c.model.drop_path_rate = 0.0
-  c.model.dropout_rate = 0.0
-  # Per-channel normalisation applied on device to the raw 0-255 input (as fractions of 255).
-  c.model.pixel_mean = (0.45, 0.45, 0.45)
-  c.model.pixel_std = (0.225, 0.225, 0.225)
+  # The full architecture schema of a named layout (models/registry.py; every name has the same keys, so
+  # `--config.model.<key>=...` works for all). build_model reads the fields; `name` records their origin.
+  # Common fields: type ('maskfeat' | 'classifier'), num_classes, dtype (compute; params stay float32),
+  # remat_policy ('none' | 'full' | 'dots'), drop_path_rate, dropout_rate, and pixel_mean / pixel_std
+  # (fractions of 255) used to normalise the raw input on device. input_size (T, H, W) must match the data.
+  c.model = registry.get_model_config("maskfeat_mvit_tiny")
 
   # ---- target (owned by maskfeat_jax.targets) ----
   c.target = ml_collections.ConfigDict()
