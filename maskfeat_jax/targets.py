@@ -14,6 +14,7 @@ computed by comparisons, see `_orientation_bins`);
 optional Gaussian weighting of the magnitudes; sums over non-overlapping cells; L2 over the bins of each
 (channel, cell) with eps 1e-12.
 """
+import functools
 import math
 from typing import Any
 
@@ -151,6 +152,9 @@ def _planar_input(images: jax.Array, nbins: int, cell_size: int) -> jax.Array:
   return jnp.moveaxis(images, -1, -3).astype(jnp.float32)
 
 
+# Jitted at definition (shape/arg errors still raise at trace time): eager callers get one compiled
+# program instead of dozens of op-by-op dispatches; inside another jit this simply inlines.
+@functools.partial(jax.jit, static_argnames=("nbins", "cell_size", "gaussian_window"))
 def hog(images: jax.Array, nbins: int = 9, cell_size: int = 8, gaussian_window: int = 0) -> jax.Array:
   """Histograms of oriented gradients exactly as the official MaskFeat `HOGLayerC`.
 
@@ -193,6 +197,8 @@ def _check_rank(x: jax.Array, what: str) -> None:
                      f"got shape {tuple(x.shape)}")
 
 
+@functools.partial(jax.jit, static_argnames=("feature_stride", "temporal_stride", "nbins", "cell_size",
+                                             "gaussian_window"))
 def hog_token_targets(x: jax.Array, feature_stride: int = 16, temporal_stride: int = 2, nbins: int = 9,
                       cell_size: int = 8, gaussian_window: int = 0) -> jax.Array:
   """Per-token HOG targets on the prediction grid (spec §1.1).
@@ -226,6 +232,7 @@ def hog_token_targets(x: jax.Array, feature_stride: int = 16, temporal_stride: i
   return feats.transpose(perm).reshape(*lead, h, w, c * nb * u * u)
 
 
+@functools.partial(jax.jit, static_argnames=("feature_stride", "temporal_stride"))
 def pixel_token_targets(x: jax.Array, feature_stride: int = 16, temporal_stride: int = 2) -> jax.Array:
   """Per-token normalised pixel targets (spec §3 "Pixel target").
 
