@@ -226,15 +226,19 @@ def per_process_batch(config, mesh, batch_size: int, what: str = "config.eval.ba
 
 
 def run_views(config, model, params, mesh, split: str, *, method: Optional[str] = None,
-              batch_size: Optional[int] = None, iterator: Optional[Iterable] = None):
-  """Runs the model over every view of `split`; returns (ViewResult, rows_seen, seconds)."""
+              batch_size: Optional[int] = None, iterator: Optional[Iterable] = None,
+              forward: Optional[Callable] = None):
+  """Runs the model over every view of `split`; returns (ViewResult, rows_seen, seconds).
+
+  `forward` (from `make_forward`) can be passed to reuse one compiled function across splits.
+  """
   from maskfeat_jax.data import pipeline
   batch_size = config.eval.batch_size if batch_size is None else batch_size
   local = per_process_batch(config, mesh, batch_size)
   if iterator is None:
     iterator = pipeline.make_eval_iterator(config, split, process_index=jax.process_index(),
                                            process_count=jax.process_count(), batch_size=local)
-  forward = make_forward(config, model, mesh, method)
+  forward = forward or make_forward(config, model, mesh, method)
   variables = as_variables(params)
   acc = ViewAccumulator()
   rows, t0 = 0, time.perf_counter()

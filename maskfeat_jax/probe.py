@@ -109,8 +109,9 @@ def linear_probe(config, model, params, mesh, workdir: Optional[str] = None, *,
   c = probe_config(config)
   train_split = config.probe.train_split or config.data.train_split
   eval_split = config.probe.eval_split or config.data.eval_split
-  train, _, _ = ev.run_views(c, model, params, mesh, train_split, method="features", iterator=train_iterator)
-  test, _, _ = ev.run_views(c, model, params, mesh, eval_split, method="features", iterator=eval_iterator)
+  forward = ev.make_forward(c, model, mesh, method="features")  # one compiled function for both splits
+  train, _, _ = ev.run_views(c, model, params, mesh, train_split, iterator=train_iterator, forward=forward)
+  test, _, _ = ev.run_views(c, model, params, mesh, eval_split, iterator=eval_iterator, forward=forward)
   if train.example_ids.size == 0 or test.example_ids.size == 0:
     raise ValueError(f"linear_probe: no valid rows in split {train_split!r} or {eval_split!r}.")
   num_classes = int(max(train.labels.max(), test.labels.max()) + 1)

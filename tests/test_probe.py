@@ -88,3 +88,42 @@ def test_probe_config_uses_probe_views():
   c = probe.probe_config(config)
   assert (c.eval.num_clips, c.eval.num_crops) == (2, 3)
   assert config.eval.num_clips == 10  # the original is untouched
+
+
+def test_linear_probe_tiny_maskfeat_with_real_eval_iterator():
+  """The real tiny MaskFeat model's `features` on synthetic_motion through the real eval iterator."""
+  import itertools
+
+  from flax.core import meta
+  from maskfeat_jax import models
+  from maskfeat_jax.data import pipeline
+  from maskfeat_jax.models import registry
+  config = base_config()
+  config.mode = "probe"
+  config.model = registry.get_model_config("maskfeat_mvit_tiny")
+  config.mask.grid = (8, 2, 2)
+  config.data.crop_size, config.data.test_short_side, config.data.num_workers = 64, 64, 0
+  config.eval.batch_size = 8
+  config.probe.steps = 20
+  model = models.build_model(config)
+  x = jnp.zeros((1, 16, 64, 64, 3), jnp.uint8)
+  mask = jnp.zeros((1, 8, 2, 2), jnp.uint8)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), x, mask)["params"]
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda s: jnp.asarray(0.05 * rng.standard_normal(s.shape), s.dtype), meta.unbox(shapes))
+  mesh = Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "fsdp"),
+              axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  train = itertools.islice(pipeline.make_eval_iterator(config, "train", batch_size=8), 3)
+  test = itertools.islice(pipeline.make_eval_iterator(config, "test", batch_size=8), 1)
+  out = probe.linear_probe(config, model, params, mesh, train_iterator=train, eval_iterator=test, verbose=False)
+  assert out["num_train"] == 24 and out["num_eval"] == 8 and out["num_views"] == 1
+  assert out["feature_dim"] == model_width(config) and np.isfinite(out["final_loss"])
+  assert 0.0 <= out["top1"] <= out["top5"] <= 1.0
+
+
+def model_width(config):
+  """Width of the last block: embed_dim doubled at every dim_mul stage."""
+  w = config.model.embed_dim
+  for _, mul in config.model.dim_mul:
+    w = int(w * mul)
+  return w
