@@ -241,3 +241,36 @@ def test_evaluate_tiny_mvit_with_real_eval_iterator(tmp_path):
   assert out["num_examples"] == 16 and out["num_views"] == 1 and out["min_views"] == 1
   assert 0.0 <= out["top1"] <= out["top5"] <= 1.0 and np.isfinite(out["nll"])
   assert (tmp_path / "eval_test" / "confusion_matrix.png").is_file()
+
+
+_SHARDED_SCRIPT = r"""
+import json, sys
+import numpy as np, jax, jax.numpy as jnp
+from jax.sharding import Mesh
+sys.path.insert(0, sys.argv[1])
+import test_evaluate as t
+from maskfeat_jax import evaluate as ev
+assert jax.device_count() == 4, jax.devices()
+mesh = Mesh(np.array(jax.devices()).reshape(2, 2), ("data", "fsdp"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+labels = [0, 1, 2, 2, 1, 0, 1]
+config = t._config(num_clips=3, num_crops=1, batch=8)
+out = ev.evaluate(config, t.TinyClassifier(), t._params(), mesh, "test",
+                  iterator=t._views_iterator(labels, 3, 8, seed=3), verbose=False)
+print(json.dumps({k: out[k] for k in ("top1", "top5", "num_examples", "min_views", "nll")}))
+"""
+
+
+def test_evaluate_sharded_over_four_devices_equals_one_device():
+  import subprocess
+  import sys
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT, os.path.dirname(__file__)], env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  sharded = json.loads(proc.stdout.strip().splitlines()[-1])
+  labels = [0, 1, 2, 2, 1, 0, 1]
+  single = ev.evaluate(_config(num_clips=3, num_crops=1, batch=8), TinyClassifier(), _params(), _mesh(), "test",
+                       iterator=_views_iterator(labels, 3, 8, seed=3), verbose=False)
+  assert sharded["num_examples"] == 7 and sharded["min_views"] == 3
+  for k in ("top1", "top5", "nll"):
+    assert sharded[k] == pytest.approx(single[k], rel=1e-5), k
