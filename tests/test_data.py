@@ -334,3 +334,29 @@ def test_image_mode(tmp_path):
   assert ev[0]["image"].shape == (4, 32, 32, 3)
   np.testing.assert_array_equal(ev[0]["example_id"], [0, 1, 2, 3])
   assert abs(float(ev[0]["image"][3].mean()) - 120) < 3
+
+
+def test_finetune_augmentations_are_applied_deterministically(data_dir):
+  c = tiny_config(data_dir, "finetune")
+  plain = next(pipeline.make_train_iterator(c))
+  c.augment.randaug = "rand-m9-mstd0.5-inc1"
+  c.augment.erase_prob = 1.0
+  a = next(pipeline.make_train_iterator(c))
+  b = next(pipeline.make_train_iterator(c))
+  assert_batches_equal([a], [b])
+  assert a["video"].shape == plain["video"].shape and a["video"].dtype == np.uint8
+  np.testing.assert_array_equal(a["label"], plain["label"])
+  assert not np.array_equal(a["video"], plain["video"])
+
+
+def test_image_mode_finetune_augmentations(tmp_path):
+  features = tfds_video.image_features(("cat", "dog"))
+  rng = np.random.default_rng(0)
+  records = [features.serialize_example(features.encode_example(
+      {"image": tfds_video.encode_jpeg(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)), "label": i % 2}))
+             for i in range(4)]
+  _write_dataset(tmp_path, "imgs", records, ("cat", "dog"), image_mode=True)
+  c = tiny_config(tmp_path, "finetune", name="imgs", image_mode=True, crop_size=32)
+  c.augment.randaug, c.augment.erase_prob = "rand-m9-mstd0.5-inc1", 0.5
+  batch = next(pipeline.make_train_iterator(c))
+  assert set(batch) == {"image", "label"} and batch["image"].shape == (4, 32, 32, 3)

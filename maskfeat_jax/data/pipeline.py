@@ -102,6 +102,8 @@ class _Spec:
   randaug: str
   randaug_num_layers: int
   erase_prob: float
+  pixel_mean: tuple[float, float, float]
+  pixel_std: tuple[float, float, float]
 
 
 def _spec(config, split: str, train: bool) -> _Spec:
@@ -118,7 +120,9 @@ def _spec(config, split: str, train: bool) -> _Spec:
       mask=config.mask.to_dict() if pretrain else None,
       randaug=str(config.augment.randaug) if finetune_aug else "",
       randaug_num_layers=int(config.augment.randaug_num_layers),
-      erase_prob=float(config.augment.erase_prob) if finetune_aug else 0.0)
+      erase_prob=float(config.augment.erase_prob) if finetune_aug else 0.0,
+      pixel_mean=tuple(float(x) for x in config.model.pixel_mean),
+      pixel_std=tuple(float(x) for x in config.model.pixel_std))
 
 
 class _Records:
@@ -242,15 +246,25 @@ def _epoch_order(seed: int, epoch: int, num_examples: int, shuffle: bool) -> np.
   return np.random.default_rng([seed, epoch, num_examples, 0x5EED]).permutation(num_examples)
 
 
-def _augment(spec: _Spec, clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-  """Fine-tuning augmentations on a uint8 [T,H,W,3] clip (same parameters for all frames)."""
-  if spec.randaug or spec.erase_prob > 0:
-    from maskfeat_jax.data import augment  # pylint: disable=g-import-not-at-top
-    if spec.randaug:
-      clip = augment.rand_augment_video(clip, rng, spec.randaug, spec.randaug_num_layers)
-    if spec.erase_prob > 0:
-      clip = augment.random_erasing(clip, rng, spec.erase_prob)
-  return clip
+def _augment(spec: _Spec, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """Fine-tuning augmentations of a cropped uint8 clip [T,H,W,3] or image [H,W,3].
+
+  Applied after the crop (SlowFast applies RandAugment to the decoded frames before it; the ops' magnitudes are
+  relative to the frame size, and the crop is ~4x fewer pixels to transform). Clips use the same op parameters
+  and erasing box on every frame; images fill geometric ops with the mean colour, as timm.
+  """
+  if not spec.randaug and spec.erase_prob <= 0:
+    return x
+  from maskfeat_jax.data import augment  # pylint: disable=g-import-not-at-top
+  if spec.randaug:
+    if x.ndim == 3:
+      x = augment.rand_augment_image(x, rng, spec.randaug, spec.randaug_num_layers,
+                                     fill=augment.fill_from_mean(spec.pixel_mean))
+    else:
+      x = augment.rand_augment_video(x, rng, spec.randaug, spec.randaug_num_layers)
+  if spec.erase_prob > 0:
+    x = augment.random_erasing(x, rng, spec.erase_prob, mean=spec.pixel_mean, std=spec.pixel_std)
+  return x
 
 
 def _video_train(spec: _Spec, record: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -277,7 +291,7 @@ def _image_train(spec: _Spec, record: bytes, rng: np.random.Generator) -> dict[s
   images = []
   for _ in range(spec.num_sample):
     crop = _image_rrc(image, spec, rng)
-    images.append(_augment(spec, crop[None], rng)[0])
+    images.append(_augment(spec, crop, rng))
   return {"image": np.stack(images), "label": np.full((spec.num_sample,), parsed["label"], np.int32)}
 
 
