@@ -73,7 +73,8 @@ def check_config(config, mesh=None, registry_model: bool = True):
   Args:
     config: the full config tree.
     mesh: when given, batch divisibility by the data-parallel devices is checked too.
-    registry_model: the model comes from config.model (not a Hooks model): check the mask grid against it.
+    registry_model: the model comes from config.model (not a Hooks model): check input and mask grid
+      against it.
   """
   if config.mode not in MODES:
     raise ValueError(f"config.mode={config.mode!r}: expected one of {MODES}.")
@@ -97,17 +98,36 @@ def check_config(config, mesh=None, registry_model: bool = True):
           f"mesh axes {state_lib.batch_mesh_axes(config)} of config.mesh.shape={tuple(mesh.shape.values())})"
           f" x config.optim.grad_accum_steps ({accum}) = {need}; use a batch size that is a multiple of "
           f"{need} or change the mesh.")
-  if registry_model and config.model.type == "maskfeat" and config.mode in ("pretrain", "probe"):
-    _check_mask_grid(config)
+  if registry_model and config.mode in ("pretrain", "finetune", "probe", "eval"):
+    check_input_shapes(config)
 
 
-def _check_mask_grid(config):
-  """Mask grid vs the model's token grid (frames / patch stride / crop must match config.mask.grid)."""
-  from maskfeat_jax import masking
-  from maskfeat_jax.models import registry
-  token_grid = registry.token_grid(config) if hasattr(registry, "token_grid") else None
-  if token_grid is not None and config.mask.type != "none":
-    masking.check_mask_grid(tuple(config.mask.grid), tuple(token_grid))
+def token_grid(config) -> tuple[int, ...]:
+  """Patch-embedding token grid of config.model: input_size // patch_stride ((H, W) for 2-D patches)."""
+  m = config.model
+  grid = tuple(int(i) // int(s) for i, s in zip(m.input_size, m.patch_stride))
+  return grid[1:] if m.patch_2d else grid
+
+
+def check_input_shapes(config):
+  """Clip / crop vs the model's input size, and the mask grid vs its token grid."""
+  m, d = config.model, config.data
+  t, h, w = (int(v) for v in m.input_size)
+  want = (h, w) if m.patch_2d else (t, h, w)
+  have = (d.crop_size, d.crop_size) if (d.image_mode or m.patch_2d) else (d.num_frames, d.crop_size, d.crop_size)
+  if tuple(have) != want:
+    raise ValueError(
+        f"The loader makes clips of (frames, height, width) = {have} (config.data.num_frames / crop_size) but "
+        f"config.model.input_size={tuple(m.input_size)} ({m.name}); make them equal.")
+  if m.type == "maskfeat" and config.mask.type != "none":
+    from maskfeat_jax import masking
+    try:
+      masking.check_mask_grid(tuple(config.mask.grid), token_grid(config))
+    except ValueError as e:
+      raise ValueError(
+          f"config.mask.grid={tuple(config.mask.grid)} does not fit the token grid {token_grid(config)} "
+          f"(config.model.input_size {tuple(m.input_size)} / patch_stride {tuple(m.patch_stride)}): {e}. "
+          "Use a mask grid with the same temporal size whose spatial sizes divide the token grid.") from e
 
 
 def _prepare_data(config, hooks: Hooks):
@@ -252,11 +272,11 @@ def train(config, workdir: str, hooks: Hooks | None = None) -> TrainResult:
   start_step, restored = ckpt.restore(abstract_state, iterator)
   if restored is not None:
     state = restored
-    logging.info("Resumed from %s at step %d", ckpt.directory, start_step)
+    print(f"[{config.mode}] resumed from {ckpt.directory} at step {start_step}", flush=True)
   elif config.mode == "finetune" and config.init_from:
     params = load_init_params(config, jax.device_get(state.params))
     state = state_lib.replace_params(state, params, shardings, tx)
-    logging.info("Initialised fine-tuning from %s", config.init_from)
+    print(f"[{config.mode}] initialised from {config.init_from}", flush=True)
   start_step = int(start_step or 0)
 
   if primary:
@@ -280,7 +300,7 @@ def train(config, workdir: str, hooks: Hooks | None = None) -> TrainResult:
   t0 = time.perf_counter()
   with state_lib.mesh_context(mesh, rules):
     compiled = jstep.lower(abstract_state, abstract_batch).compile()
-  logging.info("Train step compiled in %.1fs", time.perf_counter() - t0)
+  print(f"[{config.mode}] train step compiled in {time.perf_counter() - t0:.1f}s", flush=True)
 
   writer = metrics_lib.MetricsWriter(
       workdir, total_steps=schedule.total_steps, batch_size=config.batch_size, start_step=start_step,
@@ -365,7 +385,8 @@ def _loop(config, workdir, state, compiled, iterator, keys, b_shard, ckpt, write
     if stop or preempted:
       status = "preempted" if preempted else "stopped"
       ckpt.wait()
-      logging.info("Stopped at step %d (%s); checkpoint saved in %s", step, status, ckpt.directory)
+      print(f"[{config.mode}] {status} at step {step}; checkpoint saved in {ckpt.directory} "
+            "(rerun the same command to resume)", flush=True)
       break
   sps = None
   if t_run is not None and step > first_timed_step:
@@ -436,12 +457,19 @@ def _apply_overrides(config, overrides, where: str):
 def phase_config(config, phase: str, init_from: str = ""):
   """The demo's 'pretrain' / 'finetune' / 'scratch' config: the one config + config.demo.<phase> overrides.
 
-  'scratch' is 'finetune' without init_from (same recipe, same budget).
+  A different `model.name` in the overrides first loads that registry layout (the fine-tuning model is a
+  different architecture), then the remaining overrides apply. 'scratch' is 'finetune' without init_from
+  (same recipe, same budget).
   """
+  from maskfeat_jax.models import registry
   c = ml_collections.ConfigDict(config.to_dict())
-  overrides = config.demo.pretrain if phase == "pretrain" else config.demo.finetune
-  _apply_overrides(c, overrides, f"config.demo.{'pretrain' if phase == 'pretrain' else 'finetune'}")
-  c.mode = "pretrain" if phase == "pretrain" else "finetune"
+  key = "pretrain" if phase == "pretrain" else "finetune"
+  overrides = config.demo[key]
+  name = overrides.get("model", {}).get("name") if "model" in overrides else None
+  if name and name != c.model.name:
+    c.model = registry.get_model_config(name)
+  _apply_overrides(c, overrides, f"config.demo.{key}")
+  c.mode = key
   c.init_from = init_from if phase == "finetune" else ""
   return c
 
@@ -480,7 +508,8 @@ def _scalars(d):
 def format_demo(results: dict) -> str:
   """Side-by-side table of the pre-trained vs from-scratch fine-tuned accuracies."""
   ft, sc = results["finetune"]["eval"], results["scratch"]["eval"]
-  views = ft.get("num_views", ft.get("views", "?"))
+  views = (f"{int(ft['num_views'])} ({int(ft.get('num_clips', 0))} clips x {int(ft.get('num_crops', 0))} crops)"
+           if "num_views" in ft else "?")
   lines = ["", f"MaskFeat demo ({results['wall_s']:.0f}s total)",
            f"{'fine-tuned from':<24}{'top-1':>8}{'top-5':>8}   views",
            f"{'MaskFeat pre-training':<24}{100 * ft.get('top1', float('nan')):>7.1f}%"
