@@ -110,8 +110,8 @@ def linear_probe(config, model, params, mesh, workdir: Optional[str] = None, *,
   train_split = config.probe.train_split or config.data.train_split
   eval_split = config.probe.eval_split or config.data.eval_split
   forward = ev.make_forward(c, model, mesh, method="features")  # one compiled function for both splits
-  train, _, _ = ev.run_views(c, model, params, mesh, train_split, iterator=train_iterator, forward=forward)
-  test, _, _ = ev.run_views(c, model, params, mesh, eval_split, iterator=eval_iterator, forward=forward)
+  train, _ = ev.run_views(c, model, params, mesh, train_split, iterator=train_iterator, forward=forward)
+  test, _ = ev.run_views(c, model, params, mesh, eval_split, iterator=eval_iterator, forward=forward)
   if train.example_ids.size == 0 or test.example_ids.size == 0:
     raise ValueError(f"linear_probe: no valid rows in split {train_split!r} or {eval_split!r}.")
   num_classes = int(max(train.labels.max(), test.labels.max()) + 1)
