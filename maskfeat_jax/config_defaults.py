@@ -33,6 +33,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 100
   c.keep_checkpoints = 3
   c.eval_every_steps = 0  # 0 = only at the end
+  # Persistent XLA compilation cache shared by runs and phases ("" = off): a rerun, or the demo's
+  # from-scratch phase after its fine-tuning phase, reuses compiled steps instead of recompiling.
+  c.compilation_cache_dir = "~/.cache/maskfeat_jax/xla_cache"
   # Fine-tuning / eval / probe start from this checkpoint: one of our workdirs or checkpoint dirs,
   # or an official .pyth / state-dict .npz (converted on the fly).
   c.init_from = ""

@@ -521,8 +521,20 @@ def format_demo(results: dict) -> str:
   return "\n".join(lines)
 
 
+def setup_compilation_cache(config):
+  """Turns on JAX's persistent compilation cache in config.compilation_cache_dir ('' = off)."""
+  path = config.compilation_cache_dir
+  if not path:
+    return
+  path = os.path.abspath(os.path.expanduser(path))
+  os.makedirs(path, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
 def run(config, workdir: str, hooks: Hooks | None = None):
   """main.py's entry: dispatch on config.mode."""
+  setup_compilation_cache(config)
   mode = config.mode
   if mode in ("pretrain", "finetune"):
     return train(config, workdir, hooks)
