@@ -51,6 +51,7 @@ def _local(c):
   c.model = registry.get_model_config("mvit_tiny_ft")
   c.model.num_classes = 0  # taken from the dataset (synthetic_motion: 8)
   c.data.name = "synthetic_motion"
+  c.data.sampling_rate = 2  # 16 frames spanning the 32-frame synthetic clips
   c.data.crop_size = 64
   c.data.train_jitter_scales = (64, 80)
   c.data.test_short_side = 64

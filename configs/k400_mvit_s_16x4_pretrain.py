@@ -35,6 +35,7 @@ def _local(c):
   """Tiny MViT on synthetic_motion (64x80 clips): runs on a CPU."""
   c.model = registry.get_model_config("maskfeat_mvit_tiny")
   c.data.name = "synthetic_motion"
+  c.data.sampling_rate = 2  # 16 frames spanning the 32-frame synthetic clips
   c.data.crop_size = 64
   c.data.train_jitter_scales = (64, 80)
   c.data.test_short_side = 64
