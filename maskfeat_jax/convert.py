@@ -371,6 +371,7 @@ def convert_state_dict(state: dict, config: Any) -> dict:
       continue
     want = tuple(expected[path].shape)
     if tuple(value.shape) != want:
+      params[path] = None  # present, but mis-shaped: reported below, not as missing
       mismatched.append(f"{key} {tuple(np.shape(state[key]))} -> {'/'.join(path)} is {tuple(value.shape)}, "
                         f"model expects {want}")
       continue
