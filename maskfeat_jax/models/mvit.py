@@ -391,6 +391,42 @@ def avg_pool3d(kernel, stride):
 # ----------------------------------------------------------------------------------------------------------
 # Modules.
 # ----------------------------------------------------------------------------------------------------------
+def depthwise_conv3d(x, kernel, stride):
+  """Conv3d(C, C, k, stride, padding=k//2, groups=C, bias=False) on [N,T,H,W,C] as a sum of shifted slices.
+
+  Same arithmetic as the grouped convolution (one product per tap, summed over the k_t·k_h·k_w taps), but
+  built from strided slices and multiplies that XLA fuses into one loop: on CPU the grouped-conv kernels
+  (and especially their weight gradient) are several times slower.
+  """
+  kt, kh, kw = kernel.shape[:3]
+  pads = [(0, 0)] + [(k // 2, k // 2) for k in (kt, kh, kw)] + [(0, 0)]
+  xp = jnp.pad(x, pads)
+  out_size = [(n + 2 * (k // 2) - k) // s + 1 for n, k, s in zip(x.shape[1:4], (kt, kh, kw), stride)]
+  out = None
+  for a in range(kt):
+    for b in range(kh):
+      for c in range(kw):
+        start = (0, a, b, c, 0)
+        limit = (xp.shape[0], a + stride[0] * (out_size[0] - 1) + 1, b + stride[1] * (out_size[1] - 1) + 1,
+                 c + stride[2] * (out_size[2] - 1) + 1, xp.shape[4])
+        tap = jax.lax.slice(xp, start, limit, (1,) + tuple(stride) + (1,)) * kernel[a, b, c, 0]
+        out = tap if out is None else out + tap
+  return out
+
+
+class DepthwiseConv3D(nn.Module):
+  """Depthwise pooling conv of MultiScaleAttention; param `kernel` [kt, kh, kw, 1, C] as nn.Conv's."""
+  kernel_size: tuple[int, int, int]
+  strides: tuple[int, int, int]
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", _lp(trunc_normal(), (None, None, None, None, "kv")),
+                        tuple(self.kernel_size) + (1, x.shape[-1]))
+    return depthwise_conv3d(x.astype(self.dtype), kernel.astype(self.dtype), self.strides)
+
+
 class PatchEmbed(nn.Module):
   """Conv3d (Conv2d for images) patch embedding -> [B, T', H', W', C] (T' = 1 for images)."""
   spec: ArchSpec
@@ -442,10 +478,7 @@ class MultiScaleAttention(nn.Module):
       for n, kernel, stride in (("q", b.q_kernel, b.q_stride), ("k", b.kv_kernel, b.kv_stride),
                                 ("v", b.kv_kernel, b.kv_stride)):
         if kernel:
-          setattr(self, f"pool_{n}", nn.Conv(
-              d, kernel_size=kernel, strides=stride, padding=_pad(kernel), feature_group_count=d,
-              use_bias=False, dtype=dt, param_dtype=jnp.float32,
-              kernel_init=_lp(trunc_normal(), (None, None, None, None, "kv"))))
+          setattr(self, f"pool_{n}", DepthwiseConv3D(kernel, stride, dt))
           setattr(self, f"norm_{n}", layer_norm(dt, ("kv",)))
     rel_init = nn.initializers.zeros if s.rel_pos_zero_init else trunc_normal()
     if s.rel_pos_spatial:
