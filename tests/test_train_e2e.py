@@ -63,3 +63,41 @@ def test_real_pretrain_exact_resume_then_finetune(tmp_path, monkeypatch):
   np.testing.assert_array_equal(np.asarray(got["patch_embed"]["proj"]["kernel"]),
                                 np.asarray(pt_params["patch_embed"]["proj"]["kernel"]))
   assert "mask_token" not in got and "head" in got
+
+
+def test_eval_and_probe_modes_on_our_checkpoints(tmp_path):
+  """mode=eval on a fine-tuning checkpoint and mode=probe on a pre-training one, through loop.run."""
+  pt = _phase("pretrain")
+  pt.demo.pretrain.total_steps = 1
+  pt.total_steps = 1
+  loop.run(pt, str(tmp_path / "pt"))
+  ft = _phase("finetune", init_from=str(tmp_path / "pt"))
+  ft.eval_every_steps = 0
+  ft_res = loop.train(ft, str(tmp_path / "ft"))  # includes the final multi-view eval
+  ev_cfg = _phase("finetune", init_from=str(tmp_path / "ft"))
+  ev_cfg.mode = "eval"
+  ev = loop.run(ev_cfg, str(tmp_path / "ev"))
+  # The same params evaluated again give the same numbers as the eval at the end of fine-tuning.
+  assert ev["top1"] == ft_res.eval["top1"] and ev["num_examples"] == 80
+  pr_cfg = _phase("pretrain", init_from=str(tmp_path / "pt"))
+  pr_cfg.mode = "probe"
+  pr_cfg.probe.steps = 10
+  pr = loop.run(pr_cfg, str(tmp_path / "probe"))
+  assert 0.0 <= pr["top1"] <= 1.0 and pr["num_train"] == 400
+
+
+def test_bf16_compute_keeps_fp32_params_and_optimizer_state():
+  """config.model.dtype=bfloat16 changes the compute only: params and Adam moments stay float32."""
+  from maskfeat_jax.train import optim
+  from maskfeat_jax.train import state as state_lib
+  c = _phase("pretrain")
+  c.model.dtype = "bfloat16"
+  model = loop._build_model(c, loop.Hooks())
+  mesh = state_lib.make_mesh(c.mesh)
+  boxed, _ = loop.abstract_params_and_shardings(c, model, mesh)
+  import flax.linen as nn
+  params = nn.unbox(boxed)
+  assert {x.dtype for x in jax.tree.leaves(params)} == {np.dtype("float32")}
+  tx = optim.make_optimizer(c, params, optim.resolve_schedule(c, None))
+  opt = jax.eval_shape(tx.init, params)
+  assert {x.dtype for x in jax.tree.leaves(opt) if x.ndim > 0} == {np.dtype("float32")}

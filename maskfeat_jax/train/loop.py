@@ -505,6 +505,10 @@ def _scalars(d):
           if np.isscalar(v) or isinstance(v, str)}
 
 
+def _fmt(v, spec: str) -> str:
+  return "n/a" if v is None else format(v, spec)
+
+
 def format_demo(results: dict) -> str:
   """Side-by-side table of the pre-trained vs from-scratch fine-tuned accuracies."""
   ft, sc = results["finetune"]["eval"], results["scratch"]["eval"]
@@ -517,7 +521,7 @@ def format_demo(results: dict) -> str:
            f"{'scratch (same budget)':<24}{100 * sc.get('top1', float('nan')):>7.1f}%"
            f"{100 * sc.get('top5', float('nan')):>7.1f}%   {views}",
            f"pre-training: {results['pretrain']['steps']} steps, final loss "
-           f"{results['pretrain']['final_loss']:.4f}, {results['pretrain']['wall_s']:.0f}s"]
+           f"{_fmt(results['pretrain']['final_loss'], '.4f')}, {results['pretrain']['wall_s']:.0f}s"]
   return "\n".join(lines)
 
 
