@@ -208,9 +208,11 @@ def main(argv=None):
                  help="comma-separated remat policies (none, full, dots)")
   p.add_argument("--gpu_dtype", default="bfloat16")
   p.add_argument("--peak_tflops", type=float, default=0.0, help="peak bf16 TFLOP/s for MFU (0 = by device)")
+  p.add_argument("--allow_cpu", action="store_true",
+                 help="run the --gpu table on the CPU (to check the script with a small --model)")
   args = p.parse_args(argv)
   if args.gpu:
-    if jax.devices()[0].platform == "cpu":
+    if jax.devices()[0].platform == "cpu" and not args.allow_cpu:
       raise SystemExit("--gpu: no accelerator visible to JAX (install jax[cuda12])")
     args.steps = max(args.steps, 5)
     args.warmup = max(args.warmup, 2)
