@@ -3,14 +3,15 @@
 #
 # Usage:
 #   launch/tpu_pod.sh TPU_NAME ZONE CONFIG WORKDIR [extra main.py flags...]
-#   launch/tpu_pod.sh my-v4-64 us-central2-b configs/k400_mvit_s_16x4_pretrain.py gs://bucket/runs/s_pt
+#   launch/tpu_pod.sh my-v4-64 us-central2-b configs/k400_mvit_s_16x4_pretrain.py /mnt/gcs/runs/s_pt
 # Environment read here:
 #   PROJECT        GCP project (default: gcloud's configured project)
 #   SETUP=0        skip copying the repo and running launch/tpu_setup.sh on the workers
 # Environment set on the workers:
 #   MASKFEAT_DISTRIBUTED=1  main.py calls jax.distributed.initialize(); on TPU VMs JAX detects the
 #                           coordinator, process count and process id itself (TPU metadata).
-# WORKDIR should be a gs:// path every worker can write (Orbax writes checkpoints from all hosts).
+# WORKDIR must be a path every worker can write (Orbax writes checkpoints from all hosts): a bucket
+# mounted with gcsfuse at the same place on each worker, or another shared filesystem.
 set -euo pipefail
 
 if [[ $# -lt 4 ]]; then

@@ -54,6 +54,11 @@ def init_distributed(env=None):
 
 
 def _check_workdir(workdir: str) -> str:
+  if "://" in workdir:
+    # Metrics, configs and eval reports are written with plain file I/O; a bucket must be mounted.
+    raise app.UsageError(
+        f"--workdir={workdir}: remote URLs are not supported; mount the bucket (e.g. gcsfuse) or use a "
+        "shared filesystem and pass its local path.")
   workdir = os.path.abspath(os.path.expanduser(workdir))
   parent = os.path.dirname(workdir)
   if not os.path.isdir(parent):
