@@ -23,6 +23,7 @@ def test_notebook_cells_parse():
 
 def test_notebook_package_imports_resolve():
   import importlib
+  import importlib.util
   for src in _code_cells():
     for node in ast.walk(ast.parse(src)):
       if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("maskfeat_jax"):
