@@ -139,3 +139,16 @@ def test_clipping_is_global_norm():
   n_with = len(tx.init(params))
   n_without = len(optim.make_optimizer(c0, params, optim.resolve_schedule(c0, None)).init(params))
   assert n_with == n_without + 1
+
+
+def test_epochs_count_videos_with_repeated_sampling():
+  from maskfeat_jax.config_defaults import base_config
+  c = base_config()
+  c.batch_size = 32
+  c.epochs = 2.0
+  c.data.num_sample = 2  # 16 videos x 2 clips per step
+  sched = optim.resolve_schedule(c, train_size=1600)
+  assert sched.steps_per_epoch == 100.0
+  assert sched.total_steps == 200
+  c.data.num_sample = 1
+  assert optim.resolve_schedule(c, train_size=1600).steps_per_epoch == 50.0

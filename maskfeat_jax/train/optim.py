@@ -58,7 +58,10 @@ def resolve_schedule(config, train_size: int | None) -> Schedule:
     raise ValueError(
         f"config.epochs={config.epochs} / config.optim.warmup_epochs={o.warmup_epochs} need the training "
         "split size, which is unknown; set config.total_steps and config.optim.warmup_steps instead.")
-  spe = float(steps_per_epoch(train_size, config.batch_size)) if train_size else 0.0
+  # With repeated sampling (data.num_sample = k) a batch holds k clips of each video, so an epoch (every
+  # video once) takes train_size / (batch_size / k) steps, as the official loader counts it.
+  videos_per_step = max(1, config.batch_size // max(1, int(config.data.num_sample)))
+  spe = float(steps_per_epoch(train_size, videos_per_step)) if train_size else 0.0
   total = int(math.ceil(config.epochs * spe)) if config.epochs > 0 else int(config.total_steps)
   warmup = o.warmup_epochs * spe if o.warmup_epochs > 0 else float(o.warmup_steps)
   if total <= 0:
