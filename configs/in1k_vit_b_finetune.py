@@ -11,30 +11,9 @@ label smoothing 0.1. Test: short side 256 (bicubic), centre crop 224, 1 view. RE
 
 `:local`: a 4-block, 192-wide ViT/16 with batch 32 and 200 steps on the same data (a smoke run on one host).
 """
+from maskfeat_jax import recipes
 from maskfeat_jax.config_defaults import base_config
 from maskfeat_jax.models import registry
-
-
-def _imagenet(c, rrc_scale):
-  d = c.data
-  d.name = "imagenet2012"
-  d.image_mode = True
-  d.crop_size = 224
-  d.use_random_resized_crop = True
-  d.rrc_scale = rrc_scale
-  d.rrc_aspect = (0.75, 1.3333)
-  d.random_flip = True
-  d.test_short_side = 256
-  d.num_sample = 1
-  c.eval.num_clips, c.eval.num_crops = 1, 1
-
-
-def _image_finetune_augment(c):
-  a = c.augment
-  a.randaug, a.randaug_num_layers = "rand-m9-mstd0.5-inc1", 2
-  a.erase_prob = 0.25
-  a.mixup_alpha, a.cutmix_alpha, a.mixup_prob, a.switch_prob = 0.8, 1.0, 1.0, 0.5
-  a.label_smoothing = 0.1
 
 
 def _local(c):
@@ -56,8 +35,8 @@ def get_config(arg=None):
   c.model.num_classes = 1000
   c.model.drop_path_rate = 0.1
   c.mask.type = "none"
-  _imagenet(c, rrc_scale=(0.08, 1.0))
-  _image_finetune_augment(c)
+  recipes.imagenet_images(c, rrc_scale=(0.08, 1.0))
+  recipes.finetune_augment(c, "rand-m9-mstd0.5-inc1")
   c.batch_size = 512
   c.epochs = 100.0
   o = c.optim

@@ -14,22 +14,9 @@ config.data.data_dir (see maskfeat_jax.data.convert).
 `:local`: a 4-block, 256-wide ViT/16 at 224² with batch 32 and 200 steps on the same data (a smoke run on one
 host).
 """
+from maskfeat_jax import recipes
 from maskfeat_jax.config_defaults import base_config
 from maskfeat_jax.models import registry
-
-
-def _imagenet(c, rrc_scale):
-  d = c.data
-  d.name = "imagenet2012"
-  d.image_mode = True
-  d.crop_size = 224
-  d.use_random_resized_crop = True
-  d.rrc_scale = rrc_scale
-  d.rrc_aspect = (0.75, 1.3333)
-  d.random_flip = True
-  d.test_short_side = 256
-  d.num_sample = 1
-  c.eval.num_clips, c.eval.num_crops = 1, 1
 
 
 def _local(c):
@@ -51,7 +38,7 @@ def get_config(arg=None):
   c.model = registry.get_model_config("maskfeat_vit_l_pt")
   c.target.type, c.target.nbins, c.target.cell_size, c.target.gaussian_window = "hog", 9, 8, 0
   c.mask.type, c.mask.grid, c.mask.ratio = "block", (14, 14), 0.4
-  _imagenet(c, rrc_scale=(0.5, 1.0))
+  recipes.imagenet_images(c, rrc_scale=(0.5, 1.0))
   c.batch_size = 256
   c.epochs = 300.0
   o = c.optim

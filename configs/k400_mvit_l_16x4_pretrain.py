@@ -14,22 +14,9 @@ target (9 bins, 8-px cells, no Gaussian window). The config says 300 epochs; the
 `:local`: the same recipe on the tiny MViT (16x64², golden layout; the L layout does not fit a CPU) and the
 embedded synthetic_motion dataset, a few hundred steps on one host.
 """
+from maskfeat_jax import recipes
 from maskfeat_jax.config_defaults import base_config
 from maskfeat_jax.models import registry
-
-
-def _kinetics_clips(c, rrc_scale):
-  d = c.data
-  d.name = "kinetics400"
-  d.num_frames, d.sampling_rate, d.target_fps = 16, 4, 30.0
-  d.crop_size = 224
-  d.train_jitter_scales = (256, 320)
-  d.use_random_resized_crop = True
-  d.rrc_scale = rrc_scale
-  d.rrc_aspect = (0.75, 1.3333)
-  d.random_flip = True
-  d.test_short_side = 256
-  d.num_sample = 1
 
 
 def _local(c):
@@ -58,7 +45,7 @@ def get_config(arg=None):
   c.model = registry.get_model_config("maskfeat_mvit_l_16x4_pt")
   c.target.type, c.target.nbins, c.target.cell_size, c.target.gaussian_window = "hog", 9, 8, 0
   c.mask.type, c.mask.grid, c.mask.ratio = "cube", (8, 7, 7), 0.4
-  _kinetics_clips(c, rrc_scale=(0.5, 1.0))
+  recipes.kinetics_clips(c, rrc_scale=(0.5, 1.0))
   c.batch_size = 32
   c.epochs = 300.0
   o = c.optim

@@ -20,30 +20,9 @@ An epoch is one pass over the videos: with num_sample = 2 each video gives 2 of 
 `:local`: the recipe on the tiny MViT (16x64²) and synthetic_motion (8 classes), batch 8 clips (4 videos x 2),
 evaluated with 2 clips x 1 crop.
 """
+from maskfeat_jax import recipes
 from maskfeat_jax.config_defaults import base_config
 from maskfeat_jax.models import registry
-
-
-def _kinetics_clips(c, rrc_scale, num_sample):
-  d = c.data
-  d.name = "kinetics400"
-  d.num_frames, d.sampling_rate, d.target_fps = 16, 4, 30.0
-  d.crop_size = 224
-  d.train_jitter_scales = (256, 320)
-  d.use_random_resized_crop = True
-  d.rrc_scale = rrc_scale
-  d.rrc_aspect = (0.75, 1.3333)
-  d.random_flip = True
-  d.test_short_side = 256
-  d.num_sample = num_sample
-
-
-def _video_finetune_augment(c):
-  a = c.augment
-  a.randaug, a.randaug_num_layers = "rand-m7-mstd0.5-inc1", 2
-  a.erase_prob = 0.25
-  a.mixup_alpha, a.cutmix_alpha, a.mixup_prob, a.switch_prob = 0.8, 1.0, 1.0, 0.5
-  a.label_smoothing = 0.1
 
 
 def _local(c):
@@ -73,8 +52,8 @@ def get_config(arg=None):
   c.model.num_classes = 400
   c.model.drop_path_rate = 0.1
   c.mask.type = "none"
-  _kinetics_clips(c, rrc_scale=(0.08, 1.0), num_sample=2)
-  _video_finetune_augment(c)
+  recipes.kinetics_clips(c, rrc_scale=(0.08, 1.0), num_sample=2)
+  recipes.finetune_augment(c, "rand-m7-mstd0.5-inc1")
   c.batch_size = 32  # clips: 16 videos x num_sample 2
   c.epochs = 100.0
   o = c.optim
