@@ -20,7 +20,7 @@ def get_config(arg=None):
   c.mode = "demo"
   c.seed = 0
 
-  # Data: synthetic_motion (32 frames of 64x80, 8 motion classes, 400 train / 80 test clips), read as
+  # Data: synthetic_motion (32 frames of 64x80, 8 motion classes, 400 train / 160 test clips), read as
   # 8 frames (every 4th: the whole clip) at 32x32 -- the size a 2-core CPU trains in minutes.
   c.data.name = "synthetic_motion"
   c.data.num_frames = 8
@@ -51,22 +51,30 @@ def get_config(arg=None):
   c.log.tensorboard = True
 
   # Phase 1: MaskFeat pre-training (spec §5.3 video PT recipe, scaled down: AdamW, wd 0.05, clip 0.02).
+  # lr 5e-4: with 1.5e-3 the HOG loss flattened by step 700 and fine-tuning from it reached 17-23% (measured
+  # 2026-11-26), with 5e-4 it reached 36-43%.
   pt = ml_collections.ConfigDict()
   pt.total_steps = 1500
   pt.optim = ml_collections.ConfigDict(dict(
-      base_lr=1.5e-3, reference_batch=8, warmup_steps=100, start_lr=1e-5, end_lr=1e-5,
+      base_lr=5e-4, reference_batch=8, warmup_steps=100, start_lr=1e-5, end_lr=1e-5,
       clip_grad_norm=0.02, weight_decay=0.05, layer_decay=1.0))
   c.demo.pretrain = pt
 
-  # Phase 2: fine-tuning (spec §5.3 video FT recipe, scaled down: layer decay, clip 5, drop path, label
-  # smoothing; mixup/cutmix off: they slow convergence too much for a few-minute budget) -- used both from
-  # the pre-trained weights and from scratch.
+  # Phase 2: fine-tuning (spec §5.3 video FT recipe, scaled down) -- used both from the pre-trained weights
+  # and from scratch, same recipe and budget. Scaled to a depth-5 model and 800 steps: layer decay 0.9 (0.75
+  # over 16 blocks officially; over 5 it froze the pre-trained layers: 17.5% vs 23% with none), drop path 0.1,
+  # label smoothing 0.1, clip 5, head init scale 1.0 (0.001 officially: with it the tiny head needs far more
+  # than 800 steps). lr 3e-4: 1e-3 stays at chance. Measured on this dataset, 800 steps, from one pre-training
+  # (2026-11-26): RandAugment m7 (2 ops) -> chance (12.5%); random erasing 0.25 -> 23.8%; erasing + mixup/cutmix
+  # at prob 0.3 -> 26.3%; none of them -> 43.1%. They regularise long schedules; in 800 steps they only slow
+  # learning, so the demo leaves them off (the Kinetics/ImageNet recipe configs turn them on).
   ft = ml_collections.ConfigDict()
   ft.total_steps = 800
-  ft.model = ml_collections.ConfigDict(dict(name="mvit_tiny_ft", num_classes=8, drop_path_rate=0.1, **small))
+  ft.model = ml_collections.ConfigDict(dict(name="mvit_tiny_ft", num_classes=8, drop_path_rate=0.1,
+                                            head_init_scale=1.0, **small))
   ft.optim = ml_collections.ConfigDict(dict(
-      base_lr=1e-3, reference_batch=8, warmup_steps=50, start_lr=1e-5, end_lr=1e-5,
-      clip_grad_norm=5.0, weight_decay=0.05, layer_decay=0.75))
+      base_lr=3e-4, reference_batch=8, warmup_steps=50, start_lr=1e-5, end_lr=1e-5,
+      clip_grad_norm=5.0, weight_decay=0.05, layer_decay=0.9))
   ft.augment = ml_collections.ConfigDict(dict(label_smoothing=0.1, mixup_alpha=0.0, cutmix_alpha=0.0))
   c.demo.finetune = ft
 

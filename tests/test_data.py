@@ -52,7 +52,7 @@ def assert_batches_equal(a, b):
 def test_prepare_dataset_generates_synthetic_once(data_dir):
   info = pipeline.prepare_dataset(tiny_config(data_dir))
   assert info.num_classes == 8 and info.class_names == synthetic.CLASS_NAMES
-  assert info.split_sizes == {"train": 400, "test": 80} and not info.image_mode
+  assert info.split_sizes == {"train": 400, "test": 160} and not info.image_mode
   assert "tensorflow" not in sys.modules
   with pytest.raises(FileNotFoundError, match="nonexistent"):
     pipeline.prepare_dataset(tiny_config(data_dir, name="nonexistent"))
@@ -66,7 +66,7 @@ def test_synthetic_is_deterministic_and_stored_as_rendered(data_dir):
   np.testing.assert_array_equal(a, b)
   assert a.shape == (32, 64, 80, 3) and a.dtype == np.uint8
   assert not np.array_equal(a, synthetic.render_clip(synthetic.clip_rng(1, "train", 17), 1))
-  meta = tfds_video.read_meta(tfds_video.dataset_dir(data_dir, "synthetic_motion"))
+  meta = tfds_video.read_meta(tfds_video.dataset_dir(data_dir, "synthetic_motion", synthetic.VERSION))
   source = tfds_video.open_source(meta.files("train"))
   # Clip i lives in shard i % 4, position i // 4; shards are concatenated in order (100 each).
   rec = tfds_video.parse_video_record(source[1 * 100 + 4])  # clip 17
@@ -110,7 +110,7 @@ def _nearest_centroid_accuracy(train_x, train_y, test_x, test_y):
 
 
 def test_synthetic_class_is_in_motion_not_appearance(data_dir):
-  meta = tfds_video.read_meta(tfds_video.dataset_dir(data_dir, "synthetic_motion"))
+  meta = tfds_video.read_meta(tfds_video.dataset_dir(data_dir, "synthetic_motion", synthetic.VERSION))
 
   def load(split):
     source = tfds_video.open_source(meta.files(split))
@@ -121,7 +121,7 @@ def test_synthetic_class_is_in_motion_not_appearance(data_dir):
 
   train_x, train_y = load("train")
   test_x, test_y = load("test")
-  assert np.bincount(train_y).tolist() == [50] * 8 and np.bincount(test_y).tolist() == [10] * 8
+  assert np.bincount(train_y).tolist() == [50] * 8 and np.bincount(test_y).tolist() == [20] * 8
   rng = np.random.default_rng(0)
   appearance = _nearest_centroid_accuracy(_appearance_features(train_x, rng), train_y,
                                           _appearance_features(test_x, rng), test_y)
@@ -248,9 +248,9 @@ def test_eval_views_padding_and_process_split(data_dir):
           assert int(e) % 3 == p
         else:
           assert e == -1 and v == -1
-  assert len(num_batches) == 1  # every process yields the same number of batches: ceil(27 * 6 / 7) = 24
-  assert num_batches == {24}
-  assert sorted(seen) == [(e, v) for e in range(80) for v in range(6)]
+  assert len(num_batches) == 1  # every process yields the same number of batches: ceil(54 * 6 / 7) = 47
+  assert num_batches == {47}
+  assert sorted(seen) == [(e, v) for e in range(160) for v in range(6)]
   assert all(seen[(e, v)] == synthetic.label_of(e) for e, v in seen)
 
 
@@ -259,7 +259,7 @@ def test_eval_views_are_the_official_positions(data_dir):
   c = tiny_config(data_dir, "finetune", num_frames=4, sampling_rate=2)
   c.eval.num_clips, c.eval.num_crops = 2, 3
   batch = next(iter(pipeline.make_eval_iterator(c, "test", batch_size=6)))
-  meta = tfds_video.read_meta(tfds_video.dataset_dir(data_dir, "synthetic_motion"))
+  meta = tfds_video.read_meta(tfds_video.dataset_dir(data_dir, "synthetic_motion", synthetic.VERSION))
   rec = tfds_video.parse_video_record(tfds_video.open_source(meta.files("test"))[0])
   frames = np.stack([tfds_video.decode_image(f) for f in rec["frames"]])  # 32 x 64 x 80
   # span 8 frames; delta 24: clip 0 = linspace(0, 7, 4) -> 0,2,4,7 ; clip 1 starts at 24 -> 24,26,28,31.

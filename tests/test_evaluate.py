@@ -203,7 +203,7 @@ def test_evaluate_with_real_eval_iterator_matches_plain_loop(tmp_path):
   params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 16, 64, 64, 3), jnp.uint8))["params"]
   out = ev.evaluate(config, model, params, _mesh(), "test", workdir=str(tmp_path), verbose=False)
   info = pipeline.prepare_dataset(config)
-  assert out["num_examples"] == info.split_sizes["test"] == 80
+  assert out["num_examples"] == info.split_sizes["test"] == 160
   assert out["num_views"] == out["min_views"] == out["max_views"] == 2
   cm = json.load(open(tmp_path / "eval_test" / "confusion_matrix.json"))
   assert np.sum(cm["matrix"]) == 80 and cm["class_names"] == list(info.class_names)
@@ -236,7 +236,7 @@ def test_evaluate_tiny_mvit_with_real_eval_iterator(tmp_path):
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda s: jnp.asarray(0.05 * rng.standard_normal(s.shape), s.dtype), meta.unbox(shapes))
   from maskfeat_jax.data import pipeline
-  batches = itertools.islice(pipeline.make_eval_iterator(config, "test", batch_size=8), 2)  # 16 of 80 examples
+  batches = itertools.islice(pipeline.make_eval_iterator(config, "test", batch_size=8), 2)  # 16 of 160 examples
   out = ev.evaluate(config, model, params, _mesh(), "test", workdir=str(tmp_path), iterator=batches)
   assert out["num_examples"] == 16 and out["num_views"] == 1 and out["min_views"] == 1
   assert 0.0 <= out["top1"] <= out["top5"] <= 1.0 and np.isfinite(out["nll"])

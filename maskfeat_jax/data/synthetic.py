@@ -1,17 +1,24 @@
 """`synthetic_motion`: the embedded procedural video dataset (the default dataset of the demo and the tests).
 
-Each clip shows one textured object on a textured background. The class is the object's MOTION only:
+Each clip is a camera moving over a flat scene: a dark, softly textured ground scattered with bright shapes
+(disks, squares, diamonds, ellipses, crosses). The class is the MOTION of the scene content in the frame:
 
   0 move_right  1 move_left  2 move_up  3 move_down  4 rotate_clockwise  5 rotate_counterclockwise
-  6 grow        7 shrink
+  6 grow (zoom in)  7 shrink (zoom out)
 
-Everything a single frame shows — background and object texture and colours, object shape, position, orientation,
-size, speed — is drawn independently of the class, and positions wrap around the frame (a torus), so an object
-moving right is not more likely to be on the left at the start. One frame alone therefore carries (almost) no
+Everything a single frame shows -- ground colour and texture, the shapes, their colours and sizes, the camera's
+start angle, speed and zoom range -- is drawn independently of the class, so one frame alone carries (almost) no
 class information; a model has to look at how frames change.
 
-The dataset is deterministic from `seed` and written once, through the same writer as the converter, into
-DATA_DIR/synthetic_motion/1.0.0 (32 frames of 64x80 at 30 fps; 400 train / 80 test clips, balanced).
+Why this design (measured while tuning the demo, 2026-11): version 1.0.0 moved ONE object of random colour over
+a random-colour texture; a tiny MViT (and a conv stem with mean pooling) stayed at chance for thousands of
+steps, because the evidence sat in a few tokens and its sign flipped with the random contrast. Here every
+token sees the same motion, and bright-on-dark shapes give every edge the same contrast polarity, so a
+spatio-temporal filter that detects one direction detects it everywhere.
+
+The scene is evaluated analytically at each frame's camera coordinates (no resampling), so every frame is
+sharp. The dataset is deterministic from `seed` and written once, through the same writer as the converter,
+into DATA_DIR/synthetic_motion/VERSION (32 frames of 64x80 at 30 fps; 400 train / 160 test clips, balanced).
 """
 from __future__ import annotations
 
@@ -25,16 +32,24 @@ import numpy as np
 from maskfeat_jax.data import tfds_video
 
 NAME = "synthetic_motion"
+# 2.0.0: camera motion over bright shapes on a dark ground (1.0.0: one object of random contrast). A new
+# content needs a new version: `generate` writes DATA_DIR/NAME/VERSION and readers pick the newest version.
+VERSION = "2.0.0"
 CLASS_NAMES = ("move_right", "move_left", "move_up", "move_down", "rotate_clockwise",
                "rotate_counterclockwise", "grow", "shrink")
 NUM_FRAMES = 32
 HEIGHT = 64
 WIDTH = 80
 FPS = 30.0
-SPLITS = {"train": (400, 4), "test": (80, 1)}  # split -> (clips, shards)
+SPLITS = {"train": (400, 4), "test": (160, 1)}  # split -> (clips, shards)
 _SPLIT_CODE = {"train": 1, "test": 2}
 _SHAPES = ("disk", "square", "diamond", "ellipse", "cross")
-_R_MIN, _R_MAX = 7.0, 24.0  # object radius range in pixels (all classes, all frames)
+_NUM_SHAPES = 12          # shapes scattered over the part of the scene the camera sees during a clip
+_SCATTER = 70.0           # ... within this radius (pixels) of the camera's mean position
+_SHAPE_RADIUS = (5.0, 14.0)
+_SPEED = (0.8, 2.0)       # pan, pixels per frame
+_SPIN = (3.0, 6.0)        # rotation, degrees per frame (<= 24 degrees between frames 4 apart: unambiguous)
+_ZOOM = (1.5, 2.2)        # zoom factor over the clip
 
 
 def clip_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -43,21 +58,6 @@ def clip_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 def label_of(index: int) -> int:
   return index % len(CLASS_NAMES)
-
-
-def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-  """Smooth random colour texture: a few random plane waves per channel around a random base colour."""
-  yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-  base = rng.uniform(40, 215, size=3).astype(np.float32)
-  img = np.empty((h, w, 3), np.float32)
-  for c in range(3):
-    field = np.zeros((h, w), np.float32)
-    for _ in range(3):
-      k = rng.uniform(0.05, 0.35)
-      a = rng.uniform(0, 2 * np.pi)
-      field += rng.uniform(8, 25) * np.sin(k * (np.cos(a) * xx + np.sin(a) * yy) + rng.uniform(0, 2 * np.pi))
-    img[..., c] = base[c] + field
-  return img
 
 
 def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -72,64 +72,62 @@ def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
   return ((np.abs(u) < 0.35) & (np.abs(v) < 1.0)) | ((np.abs(v) < 0.35) & (np.abs(u) < 1.0))  # cross
 
 
-def _trajectory(rng: np.random.Generator, label: int, t: np.ndarray):
-  """Per-frame centre (y, x), angle (rad) and radius; only the motion depends on `label`."""
-  n = len(t)
-  c0 = np.array([rng.uniform(0, HEIGHT), rng.uniform(0, WIDTH)])
-  theta0 = rng.uniform(0, 2 * np.pi)
+def _camera(rng: np.random.Generator, label: int, t: np.ndarray):
+  """Per-frame camera centre (y, x), angle and scale in scene coordinates; only the motion depends on `label`.
+
+  The scene moves one way in the frame when the camera moves the other way; image y points down, so content
+  turning clockwise means the camera turns counter-clockwise (negative angle).
+  """
   vel = np.zeros(2)
   omega = 0.0
-  if label < 4:  # translation, 0.8-2 px per frame
-    speed = rng.uniform(0.8, 2.0)
-    vel = speed * np.array([[0, 1], [0, -1], [-1, 0], [1, 0]][label], np.float64)
-  elif label < 6:  # rotation, 4-10 degrees per frame; image y points down, so clockwise = +angle
-    omega = np.deg2rad(rng.uniform(4.0, 10.0)) * (1.0 if label == 4 else -1.0)
-  centre = c0[None, :] + t[:, None] * vel[None, :]
-  angle = theta0 + omega * t
-  if label >= 6:  # scaling by 1.5-2.5x over the clip, inside the common radius range
-    log_range = np.log(rng.uniform(1.5, 2.5))
-    log_start = rng.uniform(np.log(_R_MIN), np.log(_R_MAX) - log_range)
-    frac = t / max(n - 1, 1)
-    if label == 7:
-      frac = 1.0 - frac
-    radius = np.exp(log_start + log_range * frac)
-  else:
-    radius = np.full(n, np.exp(rng.uniform(np.log(_R_MIN), np.log(_R_MAX))))
-  return centre, angle, radius
+  log_scale = np.zeros(len(t))
+  if label < 4:
+    direction = np.array([[0, 1], [0, -1], [-1, 0], [1, 0]][label], np.float64)
+    vel = -rng.uniform(*_SPEED) * direction
+  elif label < 6:
+    omega = -np.deg2rad(rng.uniform(*_SPIN)) * (1.0 if label == 4 else -1.0)
+  else:  # zoom about the frame centre, symmetric in log scale so single frames match between grow/shrink
+    log_range = np.log(rng.uniform(*_ZOOM))
+    log_scale = (t / max(len(t) - 1, 1) - 0.5) * log_range * (-1.0 if label == 6 else 1.0)
+  angle = rng.uniform(0, 2 * np.pi) + omega * t
+  centre = t[:, None] * vel[None, :]
+  return centre, angle, np.exp(log_scale)
 
 
 def render_clip(rng: np.random.Generator, label: int, num_frames: int = NUM_FRAMES, height: int = HEIGHT,
                 width: int = WIDTH) -> np.ndarray:
   """uint8 [T,H,W,3] clip of class `label` drawn from `rng`."""
   if height != HEIGHT or width != WIDTH:
-    raise ValueError(f"render_clip draws {HEIGHT}x{WIDTH} frames (trajectory ranges are tuned for it)")
+    raise ValueError(f"render_clip draws {HEIGHT}x{WIDTH} frames (motion ranges are tuned for it)")
   t = np.arange(num_frames, dtype=np.float64)
-  background = _background(rng, height, width)
-  shape = _SHAPES[rng.integers(len(_SHAPES))]
-  colours = rng.uniform(0, 255, size=(2, 3)).astype(np.float32)
-  freq = rng.uniform(2.0, 5.0)
-  wave_angle = rng.uniform(0, 2 * np.pi)
-  phase = rng.uniform(0, 2 * np.pi)
-  checker = rng.random() < 0.5
-  centre, angle, radius = _trajectory(rng, label, t)
+  centre, angle, scale = _camera(rng, label, t)
+  yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+  py, px = yy - height / 2, xx - width / 2
+  cos, sin = np.cos(angle)[:, None, None], np.sin(angle)[:, None, None]
+  s = scale[:, None, None]
+  # Scene coordinates seen by each pixel of each frame: centre + scale * R(angle) @ (pixel - frame centre).
+  sy = centre[:, 0, None, None] + s * (cos * py - sin * px)
+  sx = centre[:, 1, None, None] + s * (sin * py + cos * px)
 
-  yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-  # Offsets to the object centre on the torus, so objects leaving one side re-enter on the other.
-  dy = (yy[None] - centre[:, 0, None, None].astype(np.float32) + height / 2) % height - height / 2
-  dx = (xx[None] - centre[:, 1, None, None].astype(np.float32) + width / 2) % width - width / 2
-  cos = np.cos(angle).astype(np.float32)[:, None, None]
-  sin = np.sin(angle).astype(np.float32)[:, None, None]
-  r = radius.astype(np.float32)[:, None, None]
-  u = (cos * dx + sin * dy) / r  # object coordinates (rotation by -angle, scaled by the radius)
-  v = (-sin * dx + cos * dy) / r
-  inside = _shape_mask(shape, u, v)
-  if checker:
-    pattern = (np.floor(u * freq / 2) + np.floor(v * freq / 2)) % 2
-  else:
-    pattern = 0.5 + 0.5 * np.sin(freq * (np.cos(wave_angle) * u + np.sin(wave_angle) * v) * np.pi + phase)
-  pattern = pattern.astype(np.float32)[..., None]
-  obj = colours[0] * pattern + colours[1] * (1 - pattern)
-  frames = np.where(inside[..., None], obj, background[None])
+  frames = np.empty((num_frames, height, width, 3), np.float32)
+  base = rng.uniform(20, 70, size=3)
+  for c in range(3):  # dark ground: a few soft plane waves per channel
+    field = np.full(sy.shape, base[c])
+    for _ in range(3):
+      k, a = rng.uniform(0.05, 0.3), rng.uniform(0, 2 * np.pi)
+      field += rng.uniform(2.4, 7.5) * np.sin(k * (np.cos(a) * sx + np.sin(a) * sy) + rng.uniform(0, 2 * np.pi))
+    frames[..., c] = field
+  mean_centre = centre.mean(0)
+  for _ in range(_NUM_SHAPES):
+    oy, ox = mean_centre + rng.uniform(-_SCATTER, _SCATTER, size=2)
+    r = rng.uniform(*_SHAPE_RADIUS)
+    theta = rng.uniform(0, 2 * np.pi)
+    shape = _SHAPES[rng.integers(len(_SHAPES))]
+    colour = rng.uniform(170, 255, size=3).astype(np.float32)
+    dy, dx = sy - oy, sx - ox
+    u = (np.cos(theta) * dx + np.sin(theta) * dy) / r
+    v = (-np.sin(theta) * dx + np.cos(theta) * dy) / r
+    frames[_shape_mask(shape, u, v)] = colour
   frames += rng.normal(0, 3.0, size=frames.shape).astype(np.float32)  # sensor noise, every frame
   return np.clip(np.rint(frames), 0, 255).astype(np.uint8)
 
@@ -148,7 +146,7 @@ def generate(data_dir: str | os.PathLike, seed: int = 0, quality: int = 90) -> p
   Written into a private temporary directory and renamed into place, so concurrent first uses (several test
   workers or JAX processes on one host) never see a half-written dataset.
   """
-  final = tfds_video.dataset_dir(data_dir, NAME)
+  final = tfds_video.dataset_dir(data_dir, NAME, VERSION)
   if (final / "dataset_info.json").is_file():
     return final
   final.parent.mkdir(parents=True, exist_ok=True)
@@ -163,7 +161,7 @@ def generate(data_dir: str | os.PathLike, seed: int = 0, quality: int = 90) -> p
         indices = range(shard, num_clips, num_shards)
         path = tmp / tfds_video.shard_filename(NAME, split, shard, num_shards)
         lengths[split].append(tfds_video.write_shard(path, _records(seed, split, indices, serializer, quality)))
-    tfds_video.write_dataset_info(tmp, NAME, CLASS_NAMES, lengths, description=__doc__)
+    tfds_video.write_dataset_info(tmp, NAME, CLASS_NAMES, lengths, version=VERSION, description=__doc__)
     try:
       os.rename(tmp, final)
     except OSError:
