@@ -206,7 +206,7 @@ def test_evaluate_with_real_eval_iterator_matches_plain_loop(tmp_path):
   assert out["num_examples"] == info.split_sizes["test"] == 160
   assert out["num_views"] == out["min_views"] == out["max_views"] == 2
   cm = json.load(open(tmp_path / "eval_test" / "confusion_matrix.json"))
-  assert np.sum(cm["matrix"]) == 80 and cm["class_names"] == list(info.class_names)
+  assert np.sum(cm["matrix"]) == 160 and cm["class_names"] == list(info.class_names)
   # Reference: a plain per-view loop over the same iterator, softmax averaged per example in numpy.
   apply = jax.jit(lambda x: jax.nn.softmax(model.apply({"params": params}, x)))
   sums, labels = {}, {}
