@@ -90,7 +90,7 @@ def test_demo_tiny_smoke(tmp_path):
   res = json.load(open(wd / "demo_results.json"))
   for phase in ("finetune", "scratch"):
     ev = res[phase]["eval"]
-    assert 0.0 <= ev["top1"] <= ev["top5"] <= 1.0 and ev["num_examples"] == 80
+    assert 0.0 <= ev["top1"] <= ev["top5"] <= 1.0 and ev["num_examples"] == 160
   assert "MaskFeat pre-training" in p.stdout and "scratch (same budget)" in p.stdout
   assert "initialised from" in p.stdout  # fine-tuning really started from the pre-training checkpoint
   for phase in ("pretrain", "finetune", "scratch"):

@@ -78,7 +78,7 @@ def test_eval_and_probe_modes_on_our_checkpoints(tmp_path):
   ev_cfg.mode = "eval"
   ev = loop.run(ev_cfg, str(tmp_path / "ev"))
   # The same params evaluated again give the same numbers as the eval at the end of fine-tuning.
-  assert ev["top1"] == ft_res.eval["top1"] and ev["num_examples"] == 80
+  assert ev["top1"] == ft_res.eval["top1"] and ev["num_examples"] == 160
   pr_cfg = _phase("pretrain", init_from=str(tmp_path / "pt"))
   pr_cfg.mode = "probe"
   pr_cfg.probe.steps = 10
