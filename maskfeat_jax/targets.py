@@ -175,12 +175,13 @@ def hog(images: jax.Array, nbins: int = 9, cell_size: int = 8, gaussian_window: 
 
 
 def _select_frames(x: jax.Array, temporal_stride: int) -> jax.Array:
-  """Video [B,T,H,W,3] -> frames 0, ts, 2ts, ... (the first frame of each temporal token)."""
+  """Video [B,T,H,W,3] -> frames 0, ts, 2ts, ... (the first frame of each temporal token).
+
+  ceil(T / ts) frames, as the official `x[:, :, ::ts]`; with the patch embedding's kernel 3 / pad 1 / stride 2
+  that is also its number of temporal tokens when T is odd.
+  """
   if temporal_stride < 1:
     raise ValueError(f"temporal_stride must be >= 1, got {temporal_stride}")
-  if x.shape[1] % temporal_stride:
-    raise ValueError(f"clip length T={x.shape[1]} is not a multiple of temporal_stride={temporal_stride} "
-                     f"(input shape {tuple(x.shape)})")
   return x[:, ::temporal_stride]
 
 
@@ -206,11 +207,11 @@ def hog_token_targets(x: jax.Array, feature_stride: int = 16, temporal_stride: i
   Args:
     x: raw pixels, image batch [B,H,W,3] or clip batch [B,T,H,W,3] (uint8 or float 0-255).
     feature_stride: pixels per output token side; a multiple of `cell_size` dividing H and W.
-    temporal_stride: video only; HOG of frames 0, ts, 2ts, ... (T must be a multiple of it).
+    temporal_stride: video only; HOG of frames 0, ts, 2ts, ... (ceil(T / ts) frames, as the official code).
     nbins, cell_size, gaussian_window: as in `hog`.
 
   Returns:
-    image [B, H/s, W/s, D] or video [B, T/ts, H/s, W/s, D], D = 3 * nbins * (s / cell)², each vector in
+    image [B, H/s, W/s, D] or video [B, ceil(T/ts), H/s, W/s, D], D = 3 * nbins * (s / cell)², each vector in
     (channel, bin, cell_row, cell_col) order, i.e. index ((c * nbins + bin) * u + cy) * u + cx.
   """
   x = jnp.asarray(x)
