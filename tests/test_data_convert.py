@@ -210,3 +210,20 @@ def test_bad_label_file_errors_name_the_line(tmp_path):
   with pytest.raises(FileNotFoundError, match="nope.csv"):
     convert.read_label_file(str(tmp_path / "nope.csv"), str(tmp_path), "train")
   assert os.path.exists(tmp_path / "l.txt")
+
+
+def _crash_on_request(item):
+  """Worker function for the test below: dies like a segfault inside FFmpeg for ids containing 'crash'."""
+  if "crash" in item.video_id:
+    os.kill(os.getpid(), 9)
+  return "ok", item.video_id
+
+
+def test_worker_crash_skips_only_that_video_and_does_not_hang():
+  """multiprocessing.Pool loses a dead worker's task and hangs; the converter's pool reports and goes on."""
+  ids = ["a", "b", "crash1", "c", "d", "e", "crash2", "f", "g", "h"]
+  items = [convert.Item(i, f"/nowhere/{i}.mp4", "red", "train") for i in ids]
+  results = list(convert._run_workers(items, ["red"], convert.Options(short_side=32), 2, fn=_crash_on_request))  # pylint: disable=protected-access
+  assert [r[1] if r[0] == "ok" else r[0] for r in results] == [
+      "a", "b", "skip", "c", "d", "e", "skip", "f", "g", "h"]
+  assert "worker process died" in results[2][1]

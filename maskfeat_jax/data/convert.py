@@ -331,28 +331,69 @@ def convert(items: Sequence[Item], output_dir: str, name: str, class_names: Sequ
   return finish(ds_dir, name, class_names, version)
 
 
-def _run_workers(work: list[Item], class_names, options, num_workers: int) -> Iterable[tuple[str, Any]]:
+def _run_workers(work: list[Item], class_names, options, num_workers: int, fn=None) -> Iterable[tuple[str, Any]]:
+  """(status, payload) for each item of `work`, in order. `fn` (default `convert_one`) runs in the workers."""
+  fn = fn or convert_one
   if num_workers <= 0:
     _init_worker(class_names, options)
-    return map(convert_one, work)
-  # 'spawn': PyAV/FFmpeg and the absl/grain state of the parent are not fork-safe in general.
-  pool = multiprocessing.get_context("spawn").Pool(num_workers, initializer=_init_worker,
-                                                   initargs=(list(class_names), options))
-  return _PoolResults(pool, pool.imap(convert_one, work, chunksize=1))
+    return map(fn, work)
+  return _CrashSafePool(fn, work, list(class_names), options, num_workers)
 
 
-class _PoolResults:
-  """Ordered results of a pool; closes the pool when exhausted."""
+class _CrashSafePool:
+  """Ordered results from worker processes that survives a worker dying (e.g. a segfault inside FFmpeg).
 
-  def __init__(self, pool, it):
-    self.pool, self.it = pool, it
+  multiprocessing.Pool silently loses the task of a worker that dies, so its results never arrive and the
+  conversion hangs. concurrent.futures marks the pool broken instead; we then rerun each unfinished item
+  alone in a fresh pool, so only the video that kills a worker is skipped (and reported), the rest convert.
+  """
+
+  def __init__(self, fn, work, class_names, options, num_workers: int):
+    self.fn, self.work, self.num_workers = fn, work, num_workers
+    self.initargs = (class_names, options)
+    self.window = 4 * num_workers  # items in flight: bounds memory, keeps order cheap
+
+  def _executor(self, workers: int):
+    import concurrent.futures  # pylint: disable=g-import-not-at-top
+    # 'spawn': PyAV/FFmpeg and the absl/grain state of the parent are not fork-safe in general.
+    return concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                  initializer=_init_worker, initargs=self.initargs)
+
+  def _alone(self, item: Item) -> tuple[str, Any]:
+    from concurrent.futures.process import BrokenProcessPool  # pylint: disable=g-import-not-at-top
+    ex = self._executor(1)
+    try:
+      return ex.submit(self.fn, item).result()
+    except BrokenProcessPool:
+      logging.warning("A worker process died while converting %s (%s).", item.video_id, item.path)
+      return "skip", "worker process died while decoding (crash inside the decoder?)"
+    finally:
+      ex.shutdown(wait=True, cancel_futures=True)
 
   def __iter__(self):
+    from concurrent.futures.process import BrokenProcessPool  # pylint: disable=g-import-not-at-top
+    ex = self._executor(self.num_workers)
+    pending = collections.deque()  # (item, future), in order
+    nxt = 0
     try:
-      yield from self.it
+      while nxt < len(self.work) or pending:
+        while nxt < len(self.work) and len(pending) < self.window:
+          pending.append((self.work[nxt], ex.submit(self.fn, self.work[nxt])))
+          nxt += 1
+        item, fut = pending.popleft()
+        try:
+          yield fut.result()
+          continue
+        except BrokenProcessPool:
+          pass
+        # A worker died: every unfinished item failed with it. Rerun them one by one to find the culprit.
+        ex.shutdown(wait=True, cancel_futures=True)
+        for it in [item] + [i for i, _ in pending]:
+          yield self._alone(it)
+        pending.clear()
+        ex = self._executor(self.num_workers)
     finally:
-      self.pool.terminate()
-      self.pool.join()
+      ex.shutdown(wait=True, cancel_futures=True)
 
 
 def _progress(total: int, enabled: bool):
