@@ -227,3 +227,20 @@ def test_worker_crash_skips_only_that_video_and_does_not_hang():
   assert [r[1] if r[0] == "ok" else r[0] for r in results] == [
       "a", "b", "skip", "c", "d", "e", "skip", "f", "g", "h"]
   assert "worker process died" in results[2][1]
+
+
+def test_trim_keeps_only_the_annotated_segment(tmp_path):
+  """--trim (Kinetics untrimmed videos): frames with time in [time_start, time_end) only."""
+  path = tmp_path / "long.mp4"
+  make_video(path, 0, 0, num_frames=40, width=192)  # 30 fps; frame n shows a bar 4n pixels wide
+
+  def bar_widths(frames):
+    return [int((f.mean(axis=(0, 2)) > 240).sum()) for f in frames]
+
+  full, fps = convert.decode_video(str(path), convert.Options(short_side=64))
+  assert len(full) == 40 and fps == 30.0
+  trimmed, _ = convert.decode_video(str(path), convert.Options(short_side=64, trim=True), 0.5, 1.0)
+  assert len(trimmed) == 15  # frames 15..29
+  np.testing.assert_allclose(bar_widths(trimmed), [4 * n for n in range(15, 30)], atol=3)
+  # Without --trim the times are ignored (already-trimmed clips).
+  assert len(convert.decode_video(str(path), convert.Options(short_side=64), 0.5, 1.0)[0]) == 40
