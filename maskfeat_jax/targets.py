@@ -90,8 +90,8 @@ def _gradients(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   nd = x.ndim
   pad_w = [(0, 0, 0)] * (nd - 1) + [(1, 1, 0)]
   pad_h = [(0, 0, 0)] * (nd - 2) + [(1, 1, 0), (0, 0, 0)]
-  dx = jax.lax.pad(x[..., :, :-2] - x[..., :, 2:], 0.0, pad_w)  # left - right
-  dy = jax.lax.pad(x[..., :-2, :] - x[..., 2:, :], 0.0, pad_h)  # top - bottom
+  dx = jax.lax.pad(x[..., :, :-2] - x[..., :, 2:], jnp.zeros((), x.dtype), pad_w)  # left - right
+  dy = jax.lax.pad(x[..., :-2, :] - x[..., 2:, :], jnp.zeros((), x.dtype), pad_h)  # top - bottom
   return _smooth_reflect(dx, nd - 2), _smooth_reflect(dy, nd - 1)
 
 

@@ -1,5 +1,6 @@
 """HOG / pixel targets: parity with the official HOGLayerC outputs, exactness, geometry, jit."""
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -209,3 +210,18 @@ def test_gaussian_weights_formula():
   k /= k.sum()
   np.testing.assert_allclose(w, np.tile(k, (2, 1)), rtol=1e-6)
   assert math.isclose(float(w[:4].sum()), 1.0, rel_tol=1e-6)
+
+
+def test_works_with_jax_enable_x64(tmp_path):
+  """Users who turn on x64 (e.g. for float64 checks) still get float32 targets, equal to the default ones."""
+  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  code = ("import numpy as np; from maskfeat_jax import targets\n"
+          "x = np.random.default_rng(0).integers(0, 256, (1, 4, 32, 32, 3), dtype=np.uint8)\n"
+          f"np.save({str(tmp_path / 'x64.npy')!r}, np.asarray(targets.hog_token_targets(x)))\n")
+  env = dict(os.environ, JAX_ENABLE_X64="1", JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env, timeout=120, check=False)
+  assert out.returncode == 0, out.stderr.decode()[-2000:]
+  got = np.load(tmp_path / "x64.npy")
+  x = np.random.default_rng(0).integers(0, 256, (1, 4, 32, 32, 3), dtype=np.uint8)
+  assert got.dtype == np.float32
+  np.testing.assert_allclose(got, np.asarray(targets.hog_token_targets(x)), rtol=0, atol=1e-6)
