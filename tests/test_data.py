@@ -126,7 +126,8 @@ def test_synthetic_class_is_in_motion_not_appearance(data_dir):
   appearance = _nearest_centroid_accuracy(_appearance_features(train_x, rng), train_y,
                                           _appearance_features(test_x, rng), test_y)
   motion = _nearest_centroid_accuracy(_motion_features(train_x), train_y, _motion_features(test_x), test_y)
-  # Chance is 0.125; measured 0.175 (appearance) vs 0.556 (motion) on synthetic_motion 2.0.0 (0.04 vs 0.575 on 1.0.0).
+  # Chance is 0.125; measured 0.175 (appearance) vs 0.556 (motion) on synthetic_motion 2.0.0
+  # (0.04 vs 0.575 on 1.0.0).
   assert appearance <= 0.25, appearance
   assert motion >= 0.4, motion
 

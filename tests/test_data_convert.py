@@ -2,6 +2,7 @@
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -215,7 +216,7 @@ def test_bad_label_file_errors_name_the_line(tmp_path):
 def _crash_on_request(item):
   """Worker function for the test below: dies like a segfault inside FFmpeg for ids containing 'crash'."""
   if "crash" in item.video_id:
-    os.kill(os.getpid(), 9)
+    os.kill(os.getpid(), signal.SIGKILL)
   return "ok", item.video_id
 
 
@@ -223,7 +224,8 @@ def test_worker_crash_skips_only_that_video_and_does_not_hang():
   """multiprocessing.Pool loses a dead worker's task and hangs; the converter's pool reports and goes on."""
   ids = ["a", "b", "crash1", "c", "d", "e", "crash2", "f", "g", "h"]
   items = [convert.Item(i, f"/nowhere/{i}.mp4", "red", "train") for i in ids]
-  results = list(convert._run_workers(items, ["red"], convert.Options(short_side=32), 2, fn=_crash_on_request))  # pylint: disable=protected-access
+  run_workers = convert._run_workers  # pylint: disable=protected-access
+  results = list(run_workers(items, ["red"], convert.Options(short_side=32), 2, fn=_crash_on_request))
   assert [r[1] if r[0] == "ok" else r[0] for r in results] == [
       "a", "b", "skip", "c", "d", "e", "skip", "f", "g", "h"]
   assert "worker process died" in results[2][1]

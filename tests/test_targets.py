@@ -1,6 +1,8 @@
 """HOG / pixel targets: parity with the official HOGLayerC outputs, exactness, geometry, jit."""
 import math
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -214,7 +216,6 @@ def test_gaussian_weights_formula():
 
 def test_works_with_jax_enable_x64(tmp_path):
   """Users who turn on x64 (e.g. for float64 checks) still get float32 targets, equal to the default ones."""
-  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
   code = ("import numpy as np; from maskfeat_jax import targets\n"
           "x = np.random.default_rng(0).integers(0, 256, (1, 4, 32, 32, 3), dtype=np.uint8)\n"
           f"np.save({str(tmp_path / 'x64.npy')!r}, np.asarray(targets.hog_token_targets(x)))\n")

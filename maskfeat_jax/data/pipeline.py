@@ -53,13 +53,10 @@ class DatasetInfo:
 def _load_meta(config) -> tfds_video.DatasetMeta:
   data = config.data
   if data.name == SYNTHETIC_NAME:
-    # Always this code's version: an older cached copy (other content) must not be picked up as "newest".
+    # Always this code's version (generated on first use): an older cached copy holds other content and
+    # must not be picked up as the "newest".
     from maskfeat_jax.data import synthetic  # pylint: disable=g-import-not-at-top
-    ds_dir = tfds_video.dataset_dir(data.data_dir, SYNTHETIC_NAME, synthetic.VERSION)
-    if not (ds_dir / "dataset_info.json").is_file():
-      logging.info("Generating the %s dataset %s into %s (first use).", SYNTHETIC_NAME, synthetic.VERSION,
-                   data.data_dir)
-      ds_dir = synthetic.generate(data.data_dir)
+    ds_dir = synthetic.generate(data.data_dir)
   else:
     ds_dir = tfds_video.find_dataset_dir(data.data_dir, data.name)
   if ds_dir is None:

@@ -27,13 +27,14 @@ import pathlib
 import shutil
 import uuid
 
+from absl import logging
 import numpy as np
 
 from maskfeat_jax.data import tfds_video
 
 NAME = "synthetic_motion"
-# 2.0.0: camera motion over bright shapes on a dark ground (1.0.0: one object of random contrast). A new
-# content needs a new version: `generate` writes DATA_DIR/NAME/VERSION and readers pick the newest version.
+# 2.0.0: camera motion over bright shapes on a dark ground (1.0.0: one object of random contrast). New content
+# needs a new version: `generate` writes DATA_DIR/NAME/VERSION and the pipeline reads exactly this version.
 VERSION = "2.0.0"
 CLASS_NAMES = ("move_right", "move_left", "move_up", "move_down", "rotate_clockwise",
                "rotate_counterclockwise", "grow", "shrink")
@@ -149,6 +150,7 @@ def generate(data_dir: str | os.PathLike, seed: int = 0, quality: int = 90) -> p
   final = tfds_video.dataset_dir(data_dir, NAME, VERSION)
   if (final / "dataset_info.json").is_file():
     return final
+  logging.info("Generating the %s dataset %s into %s (first use).", NAME, VERSION, final)
   final.parent.mkdir(parents=True, exist_ok=True)
   tmp = final.parent / f".tmp-{uuid.uuid4().hex}"
   tmp.mkdir()

@@ -9,10 +9,10 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
 import optax
 
 from maskfeat_jax import targets
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from maskfeat_jax.train import state as state_lib
 
@@ -114,9 +114,9 @@ def batch_shardings(config, mesh, batch_shapes: dict) -> dict:
 def jit_step(step_fn, state_shardings, batch_shard: dict, mesh):
   """jit with explicit in/out shardings and the state donated (updated in place)."""
   replicated = NamedSharding(mesh, P())
-  # On CPU, XLA's own fused reductions make the step's HOG target ~2x and the whole MaskFeat demo step
-  # ~1.35x faster than the default YNNPACK reduce fusion (targets.CPU_COMPILER_OPTIONS); the option
-  # does not exist on GPU/TPU.
+  # On CPU, XLA's own fused reductions make the HOG target ~2x faster than the default YNNPACK reduce
+  # fusion (targets.CPU_COMPILER_OPTIONS; benchmarks/hog_bench.py: 169 -> 79 ms); the option does not exist
+  # on GPU/TPU.
   options = targets.CPU_COMPILER_OPTIONS if mesh.devices.flat[0].platform == "cpu" else None
   return jax.jit(step_fn, in_shardings=(state_shardings, batch_shard),
                  out_shardings=(state_shardings, replicated), donate_argnums=(0,),
