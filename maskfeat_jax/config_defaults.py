@@ -95,6 +95,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment = ml_collections.ConfigDict()
   c.augment.randaug = ""  # e.g. 'rand-m7-mstd0.5-inc1' (video FT), 'rand-m9-mstd0.5-inc1' (image FT)
   c.augment.randaug_num_layers = 2
+  c.augment.randaug_ops = ()  # restrict RandAugment to these ops (e.g. ('Rotate', 'Color')); () = all 15
   c.augment.erase_prob = 0.0
   c.augment.mixup_alpha = 0.0
   c.augment.cutmix_alpha = 0.0

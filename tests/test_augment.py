@@ -37,6 +37,28 @@ def test_parse_errors_name_the_spec(bad):
     augment.parse_rand_augment_spec(bad)
 
 
+def test_op_subset_restricts_the_drawn_ops():
+  s = augment.parse_rand_augment_spec(SPEC, ops=("Rotate", "Color", "TranslateXRel"))
+  assert s.transforms == ("Rotate", "ColorIncreasing", "TranslateXRel")  # inc1 picks the increasing variant
+  assert augment.parse_rand_augment_spec("rand-m7", ops=("Color",)).transforms == ("Color",)
+  spec = augment.parse_rand_augment_spec("rand-m7-p1.0-n2", ops=("Rotate", "ShearX"))
+  rng = np.random.default_rng(0)
+  drawn = {op.name for _ in range(100) for op in augment.sample_rand_augment(rng, spec)}
+  assert drawn == {"Rotate", "ShearX"}
+  with pytest.raises(ValueError, match="randaug_ops.*'Zoom'"):
+    augment.parse_rand_augment_spec(SPEC, ops=("Rotate", "Zoom"))
+  with pytest.raises(ValueError, match="w0"):
+    augment.parse_rand_augment_spec("rand-m7-w0", ops=("Rotate",))
+  # The clip path passes the subset through: only geometric ops never change a uniform grey frame.
+  grey = np.full((2, 16, 16, 3), 128, np.uint8)
+  out = augment.rand_augment_video(grey, np.random.default_rng(3), "rand-m9-p1.0-n2",
+                                   ops=("Rotate", "ShearX", "ShearY"))
+  np.testing.assert_array_equal(out, grey)
+  hit = [not np.array_equal(augment.rand_augment_video(grey, np.random.default_rng(i), "rand-m9-p1.0-n1",
+                                                       ops=("Invert",)), grey) for i in range(3)]
+  assert all(hit)
+
+
 # ------------------------------------------------------------------------------------------ level maps
 def test_level_to_args_follow_timm_ranges():
   rng = np.random.default_rng(0)

@@ -68,9 +68,10 @@ def test_synthetic_is_deterministic_and_stored_as_rendered(data_dir):
   assert not np.array_equal(a, synthetic.render_clip(synthetic.clip_rng(1, "train", 17), 1))
   meta = tfds_video.read_meta(tfds_video.dataset_dir(data_dir, "synthetic_motion", synthetic.VERSION))
   source = tfds_video.open_source(meta.files("train"))
-  # Clip i lives in shard i % 4, position i // 4; shards are concatenated in order (100 each).
-  rec = tfds_video.parse_video_record(source[1 * 100 + 4])  # clip 17
+  # Records are in clip-index order across the 4 shards (100 each): record i is clip i.
+  rec = tfds_video.parse_video_record(source[17])
   assert rec["video_id"] == "train_00017" and rec["label"] == synthetic.label_of(17) == 1
+  assert tfds_video.parse_video_record(source[250])["video_id"] == "train_00250"
   assert rec["fps"] == 30.0 and len(rec["frames"]) == 32
   stored = np.stack([tfds_video.decode_image(f) for f in rec["frames"]]).astype(np.float32)
   assert np.abs(stored - a).mean() < 6.0  # JPEG error only
@@ -126,7 +127,7 @@ def test_synthetic_class_is_in_motion_not_appearance(data_dir):
   appearance = _nearest_centroid_accuracy(_appearance_features(train_x, rng), train_y,
                                           _appearance_features(test_x, rng), test_y)
   motion = _nearest_centroid_accuracy(_motion_features(train_x), train_y, _motion_features(test_x), test_y)
-  # Chance is 0.125; measured 0.175 (appearance) vs 0.556 (motion) on synthetic_motion 2.0.0
+  # Chance is 0.125; measured 0.175 (appearance) vs 0.556 (motion) on synthetic_motion 2.0.0 (2.1.0: same clips)
   # (0.04 vs 0.575 on 1.0.0).
   assert appearance <= 0.25, appearance
   assert motion >= 0.4, motion
@@ -227,6 +228,28 @@ def test_repeated_sampling_draws_different_clips_of_one_video(data_dir):
   c.batch_size = 6
   with pytest.raises(ValueError, match="num_sample"):
     pipeline.make_train_iterator(c, process_count=2)
+
+
+def test_sliced_splits_read_their_records_only(data_dir):
+  """'train[:40]' trains on records 0-39 (class-balanced: labels cycle in record order), 'test[50%:]' evaluates
+  the second half; the epoch covers exactly the slice."""
+  assert tfds_video.resolve_split("train[:10%]", {"train": 400}) == ("train", 0, 40)
+  assert tfds_video.resolve_split("train[-8:]", {"train": 400}) == ("train", 392, 400)
+  for bad, match in (("train[5:5]", "selects no records"), ("val[:10]", "not in"), ("train[a:]", "expected")):
+    with pytest.raises(ValueError, match=match):
+      tfds_video.resolve_split(bad, {"train": 400})
+  c = tiny_config(data_dir, "finetune", train_split="train[:40]")
+  c.batch_size = 40
+  batch = next(pipeline.make_train_iterator(c))
+  assert np.bincount(batch["label"], minlength=8).tolist() == [5] * 8  # every record of the slice once
+  meta = pipeline._load_meta(c)  # pylint: disable=protected-access
+  fn = pipeline._TrainMap(pipeline._spec(c, "train[100:140]", True), None, 40, True, 0, 1, offset=100)  # pylint: disable=protected-access
+  assert sorted(fn.example_at(i)[1] for i in range(40)) == list(range(100, 140))
+  assert meta.split_range("train[100:140]") == (100, 140)
+  c.eval.num_clips, c.eval.num_crops = 1, 1
+  ev = pipeline.make_eval_iterator(c, "test[150:]", batch_size=4)
+  ids = sorted(int(e) for b in ev for e, ok in zip(b["example_id"], b["valid"]) if ok)
+  assert ids == list(range(150, 160)) and ev.num_batches == 3
 
 
 # ----------------------------------------------------------------------------------------------- evaluation

@@ -82,6 +82,17 @@ def test_config_errors_before_compilation(tmp_path, no_compile, changes, match):
   assert not (tmp_path / "w" / "checkpoints").exists()
 
 
+def test_demo_checks_the_finetuning_phase_before_pretraining(tmp_path, no_compile):
+  """A bad fine-tuning setting of the demo fails at once, not after minutes of pre-training."""
+  sys.path.insert(0, str(REPO))
+  from configs import demo  # pylint: disable=import-outside-toplevel
+  c = demo.get_config("tiny")
+  c.demo.finetune.augment.randaug_ops = ("Rotate", "Zoom")
+  with pytest.raises(ValueError, match="unknown op"):
+    loop.run(c, str(tmp_path / "w"))
+  assert not (tmp_path / "w" / "pretrain").exists()
+
+
 def test_demo_tiny_smoke(tmp_path):
   """The README command on the :tiny variant: pre-train, fine-tune + eval, scratch + eval, the table."""
   wd = tmp_path / "demo"

@@ -234,6 +234,19 @@ def test_wrong_model_type_for_mode(tmp_path):
     loop.run(c, str(tmp_path), tiny_hooks(c))
 
 
+@pytest.mark.parametrize("key,value,match", [
+    ("augment.randaug", "rand-m7-zz3", "unknown section"),
+    ("augment.randaug_ops", ("Rotate", "Zoom"), "unknown op"),
+    ("augment.erase_prob", 1.5, "erase_prob=1.5"),
+])
+def test_bad_augmentation_fails_before_compile(tmp_path, key, value, match):
+  extra = {"augment.randaug": "rand-m7-mstd0.5-inc1"} if key == "augment.randaug_ops" else {}
+  c = tiny_config("finetune", **extra, **{key: value})
+  with pytest.raises(ValueError, match=match):
+    loop.run(c, str(tmp_path), tiny_hooks(c))
+  assert not (tmp_path / "checkpoints").exists()
+
+
 def test_grad_accumulation_matches_full_batch():
   """2 micro-batches of 4 give the same loss and gradients as one batch of 8 (mean of equal-size means)."""
   from maskfeat_jax.train import step as step_lib

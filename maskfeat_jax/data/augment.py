@@ -78,15 +78,20 @@ class RandAugmentSpec:
   increasing: bool = False
   prob: float = 0.5
   weight_idx: Optional[int] = None
+  ops: tuple = ()  # a subset of the op list (config.augment.randaug_ops); () = the whole list
 
   @property
   def transforms(self) -> tuple:
-    return RAND_INCREASING_TRANSFORMS if self.increasing else RAND_TRANSFORMS
+    names = RAND_INCREASING_TRANSFORMS if self.increasing else RAND_TRANSFORMS
+    return tuple(n for n in names if n.replace("Increasing", "") in self.ops) if self.ops else names
 
 
 @functools.lru_cache(maxsize=64)
-def parse_rand_augment_spec(spec: str, num_layers: int = 2) -> RandAugmentSpec:
+def parse_rand_augment_spec(spec: str, num_layers: int = 2, ops: tuple = ()) -> RandAugmentSpec:
   """Parses 'rand-m9-n2-mstd0.5-inc1[-mmax10][-p0.5][-w0]'; `n` in the string overrides `num_layers`.
+
+  `ops` restricts the op list to these names (base names as in RAND_TRANSFORMS, e.g. 'Rotate', 'Color';
+  with inc1 'Color' selects 'ColorIncreasing'); () keeps the official list.
 
   Raises:
     ValueError: naming the spec and the offending section.
@@ -128,7 +133,14 @@ def parse_rand_augment_spec(spec: str, num_layers: int = 2) -> RandAugmentSpec:
     raise ValueError(f"augment.randaug={spec!r}: only weight set w0 exists, got w{kw['weight_idx']}.")
   if kw["num_layers"] < 0:
     raise ValueError(f"augment.randaug={spec!r}: num_layers must be >= 0, got {kw['num_layers']}.")
-  return RandAugmentSpec(**kw)
+  ops = tuple(ops)
+  unknown = sorted(set(ops) - set(RAND_TRANSFORMS))
+  if unknown:
+    raise ValueError(f"augment.randaug_ops: unknown op(s) {unknown}; known: {list(RAND_TRANSFORMS)}.")
+  if ops and kw.get("weight_idx") is not None:
+    raise ValueError(f"augment.randaug={spec!r} with augment.randaug_ops: the w0 weights are defined for the "
+                     "whole op list; use one or the other.")
+  return RandAugmentSpec(ops=ops, **kw)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -272,7 +284,8 @@ def _check_uint8(x: np.ndarray, ndim: int, what: str) -> None:
 
 
 def rand_augment_video(frames: np.ndarray, rng: np.random.Generator, spec: str, num_layers: int = 2, *,
-                       fill: Sequence[int] = DEFAULT_FILL, interpolation: str = "bicubic") -> np.ndarray:
+                       fill: Sequence[int] = DEFAULT_FILL, interpolation: str = "bicubic",
+                       ops: Sequence[str] = ()) -> np.ndarray:
   """RandAugment of a clip with the same sampled ops and op parameters on every frame.
 
   Args:
@@ -282,12 +295,13 @@ def rand_augment_video(frames: np.ndarray, rng: np.random.Generator, spec: str, 
     num_layers: ops per clip when the spec has no `n` (config.augment.randaug_num_layers).
     fill: RGB fill of geometric ops (SlowFast video: 128 grey).
     interpolation: 'bicubic' (SlowFast default), 'bilinear', 'nearest' or 'random'.
+    ops: restrict the op list to these base names (config.augment.randaug_ops); () = the official list.
 
   Returns:
     uint8 [T, H, W, 3] (a new array; the input is not modified).
   """
   _check_uint8(frames, 4, "rand_augment_video(frames)")
-  ops = sample_rand_augment(rng, parse_rand_augment_spec(spec, num_layers), interpolation)
+  ops = sample_rand_augment(rng, parse_rand_augment_spec(spec, num_layers, tuple(ops)), interpolation)
   if not ops:
     return frames.copy()
   fill = tuple(int(v) for v in fill)
@@ -301,10 +315,12 @@ def rand_augment_video(frames: np.ndarray, rng: np.random.Generator, spec: str, 
 
 
 def rand_augment_image(image: np.ndarray, rng: np.random.Generator, spec: str, num_layers: int = 2, *,
-                       fill: Sequence[int] = DEFAULT_FILL, interpolation: str = "bicubic") -> np.ndarray:
+                       fill: Sequence[int] = DEFAULT_FILL, interpolation: str = "bicubic",
+                       ops: Sequence[str] = ()) -> np.ndarray:
   """RandAugment of one uint8 [H, W, 3] image (timm images: pass fill=fill_from_mean(pixel_mean))."""
   _check_uint8(image, 3, "rand_augment_image(image)")
-  return rand_augment_video(image[None], rng, spec, num_layers, fill=fill, interpolation=interpolation)[0]
+  return rand_augment_video(image[None], rng, spec, num_layers, fill=fill, interpolation=interpolation,
+                            ops=ops)[0]
 
 
 def sample_erasing_box(rng: np.random.Generator, height: int, width: int, *, min_area: float = 0.02,

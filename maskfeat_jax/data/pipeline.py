@@ -103,6 +103,7 @@ class _Spec:
   mask: dict | None
   randaug: str
   randaug_num_layers: int
+  randaug_ops: tuple[str, ...]
   erase_prob: float
   pixel_mean: tuple[float, float, float]
   pixel_std: tuple[float, float, float]
@@ -122,6 +123,7 @@ def _spec(config, split: str, train: bool) -> _Spec:
       mask=config.mask.to_dict() if pretrain else None,
       randaug=str(config.augment.randaug) if finetune_aug else "",
       randaug_num_layers=int(config.augment.randaug_num_layers),
+      randaug_ops=tuple(str(o) for o in config.augment.randaug_ops),
       erase_prob=float(config.augment.erase_prob) if finetune_aug else 0.0,
       pixel_mean=tuple(float(x) for x in config.model.pixel_mean),
       pixel_std=tuple(float(x) for x in config.model.pixel_std))
@@ -201,10 +203,11 @@ class _TrainMap:
   """Step index -> one training element (num_sample clips of one example), or None for an unreadable record."""
 
   def __init__(self, spec: _Spec, records: _Records, num_examples: int, shuffle: bool, process_index: int,
-               process_count: int):
+               process_count: int, offset: int = 0):
     self.spec = spec
     self.records = records
     self.num_examples = num_examples
+    self.offset = offset  # first record of a sliced split ('train[100:]')
     self.shuffle = shuffle
     self.process_index = process_index
     self.process_count = process_count
@@ -213,10 +216,11 @@ class _TrainMap:
     self._mask_gen = None
 
   def example_at(self, step_index: int) -> tuple[int, int]:
-    """(epoch, example index) of this process's `step_index`-th element."""
+    """(epoch, record index) of this process's `step_index`-th element."""
     epoch, position = divmod(step_index, self.per_process)
     global_position = (position * self.process_count + self.process_index) % self.num_examples
-    return epoch, int(_epoch_order(self.spec.seed, epoch, self.num_examples, self.shuffle)[global_position])
+    order = _epoch_order(self.spec.seed, epoch, self.num_examples, self.shuffle)
+    return epoch, self.offset + int(order[global_position])
 
   def __call__(self, step_index: int, _) -> dict[str, np.ndarray] | None:
     epoch, example = self.example_at(step_index)
@@ -261,9 +265,9 @@ def _augment(spec: _Spec, x: np.ndarray, rng: np.random.Generator) -> np.ndarray
   if spec.randaug:
     if x.ndim == 3:
       x = augment.rand_augment_image(x, rng, spec.randaug, spec.randaug_num_layers,
-                                     fill=augment.fill_from_mean(spec.pixel_mean))
+                                     fill=augment.fill_from_mean(spec.pixel_mean), ops=spec.randaug_ops)
     else:
-      x = augment.rand_augment_video(x, rng, spec.randaug, spec.randaug_num_layers)
+      x = augment.rand_augment_video(x, rng, spec.randaug, spec.randaug_num_layers, ops=spec.randaug_ops)
   if spec.erase_prob > 0:
     x = augment.random_erasing(x, rng, spec.erase_prob, mean=spec.pixel_mean, std=spec.pixel_std)
   return x
@@ -343,11 +347,11 @@ def make_train_iterator(config, *, process_index: int = 0, process_count: int = 
   meta = _load_meta(config)
   split = config.data.train_split
   files = meta.files(split)
-  num_examples = meta.split_sizes[split]
-  if num_examples == 0:
+  if meta.split_sizes[split.split("[")[0]] == 0:
     raise ValueError(f"Split {split!r} of {meta.directory} is empty")
-  fn = _TrainMap(_spec(config, split, train=True), _Records(files), num_examples, bool(config.data.shuffle),
-                 process_index, process_count)
+  start, stop = meta.split_range(split)
+  fn = _TrainMap(_spec(config, split, train=True), _Records(files), stop - start, bool(config.data.shuffle),
+                 process_index, process_count, offset=start)
   videos_per_batch = local_batch // config.data.num_sample
   ds = grain.MapDataset.range(fn.per_process).repeat().map_with_index(fn)
   it = ds.to_iter_dataset(_read_options(config, videos_per_batch))
@@ -469,13 +473,13 @@ def make_eval_iterator(config, split: str, *, process_index: int = 0, process_co
     raise ValueError(f"eval batch_size must be positive, got {batch_size}")
   meta = _load_meta(config)
   files = meta.files(split)
-  num_examples = meta.split_sizes[split]
-  if num_examples == 0:
+  if meta.split_sizes[split.split("[")[0]] == 0:
     raise ValueError(f"Split {split!r} of {meta.directory} is empty")
+  start, stop = meta.split_range(split)
   fn = _EvalMap(_spec(config, split, train=False), _Records(files))
-  per_process = math.ceil(num_examples / process_count)
+  per_process = math.ceil((stop - start) / process_count)
   num_batches = math.ceil(per_process * fn.num_views / batch_size)
-  local = list(range(process_index, num_examples, process_count))
+  local = list(range(start + process_index, stop, process_count))
   ds = grain.MapDataset.source(local).map(fn)
   it = ds.to_iter_dataset(_read_options(config, max(1, batch_size // fn.num_views)))
   if config.data.num_workers > 0 and local:

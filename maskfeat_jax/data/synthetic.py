@@ -33,9 +33,12 @@ import numpy as np
 from maskfeat_jax.data import tfds_video
 
 NAME = "synthetic_motion"
-# 2.0.0: camera motion over bright shapes on a dark ground (1.0.0: one object of random contrast). New content
-# needs a new version: `generate` writes DATA_DIR/NAME/VERSION and the pipeline reads exactly this version.
-VERSION = "2.0.0"
+# 2.0.0: camera motion over bright shapes on a dark ground (1.0.0: one object of random contrast).
+# 2.1.0: the same clips, stored in index order (contiguous shards), so labels cycle through the classes in
+# record order and any slice 'train[:N]' is class-balanced (2.0.0 put clip i in shard i % 4: its first
+# quarter held two classes). New content or order needs a new version: `generate` writes
+# DATA_DIR/NAME/VERSION and the pipeline reads exactly this version.
+VERSION = "2.1.0"
 CLASS_NAMES = ("move_right", "move_left", "move_up", "move_down", "rotate_clockwise",
                "rotate_counterclockwise", "grow", "shrink")
 NUM_FRAMES = 32
@@ -150,6 +153,8 @@ def generate(data_dir: str | os.PathLike, seed: int = 0, quality: int = 90) -> p
   final = tfds_video.dataset_dir(data_dir, NAME, VERSION)
   if (final / "dataset_info.json").is_file():
     return final
+  # stdout, not only the log: main hides INFO logs, and a silent ~20 s pause on first use looks like a hang.
+  print(f"Generating the {NAME} dataset {VERSION} into {final} (first use, ~20 s) ...", flush=True)
   logging.info("Generating the %s dataset %s into %s (first use).", NAME, VERSION, final)
   final.parent.mkdir(parents=True, exist_ok=True)
   tmp = final.parent / f".tmp-{uuid.uuid4().hex}"
@@ -159,8 +164,9 @@ def generate(data_dir: str | os.PathLike, seed: int = 0, quality: int = 90) -> p
     lengths = {}
     for split, (num_clips, num_shards) in SPLITS.items():
       lengths[split] = []
-      for shard in range(num_shards):  # deterministic: clip i goes to shard i % num_shards
-        indices = range(shard, num_clips, num_shards)
+      per_shard = -(-num_clips // num_shards)
+      for shard in range(num_shards):  # contiguous: records are in clip-index order across the shards
+        indices = range(shard * per_shard, min(num_clips, (shard + 1) * per_shard))
         path = tmp / tfds_video.shard_filename(NAME, split, shard, num_shards)
         lengths[split].append(tfds_video.write_shard(path, _records(seed, split, indices, serializer, quality)))
     tfds_video.write_dataset_info(tmp, NAME, CLASS_NAMES, lengths, version=VERSION, description=__doc__)

@@ -20,6 +20,7 @@ import io
 import json
 import os
 import pathlib
+import re
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -178,10 +179,44 @@ class DatasetMeta:
     return len(self.class_names)
 
   def files(self, split: str) -> tuple[str, ...]:
-    if split not in self.split_files:
-      raise ValueError(f"Split {split!r} not in dataset {self.name!r} at {self.directory}; "
-                       f"available: {sorted(self.split_files)}")
-    return self.split_files[split]
+    """Shard files of a split (a sliced split 'train[:25%]' reads its base split's files)."""
+    base = resolve_split(split, self.split_sizes, where=f"dataset {self.name!r} at {self.directory}")[0]
+    return self.split_files[base]
+
+  def split_range(self, split: str) -> tuple[int, int]:
+    """[start, stop) record indices of `split` ('train', 'train[:100]', 'train[10%:50%]')."""
+    _, start, stop = resolve_split(split, self.split_sizes,
+                                   where=f"dataset {self.name!r} at {self.directory}")
+    return start, stop
+
+
+_SLICE_RE = re.compile(r"^([A-Za-z0-9_\-]+)(?:\[\s*(-?\d+%?)?\s*:\s*(-?\d+%?)?\s*\])?$")
+
+
+def resolve_split(split: str, sizes: dict, where: str = "the dataset") -> tuple[str, int, int]:
+  """'name' or a TFDS-style slice 'name[a:b]' (ints or percents, negatives from the end) -> (name, start, stop).
+
+  Percent boundaries round to the nearest record, as TFDS. A slice selects records of its base split in
+  their stored order (e.g. the demo's label-efficiency runs use 'train[:25%]').
+  """
+  m = _SLICE_RE.match(str(split).strip())
+  if m is None:
+    raise ValueError(f"Split {split!r}: expected 'name' or 'name[start:stop]' (ints or percents).")
+  base, lo, hi = m.groups()
+  if base not in sizes:
+    raise ValueError(f"Split {base!r} not in {where}; available: {sorted(sizes)}")
+  n = int(sizes[base])
+
+  def bound(v, default):
+    if v is None:
+      return default
+    k = int(round(float(v[:-1]) * n / 100)) if v.endswith("%") else int(v)
+    return max(0, min(n, k + n if k < 0 else k))
+
+  start, stop = bound(lo, 0), bound(hi, n)
+  if stop <= start:
+    raise ValueError(f"Split {split!r} selects no records ({base!r} has {n}: [{start}:{stop}]).")
+  return base, start, stop
 
 
 def find_dataset_dir(data_dir: str | os.PathLike, name: str) -> pathlib.Path | None:

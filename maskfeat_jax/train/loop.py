@@ -60,10 +60,13 @@ class TrainResult:
 
 
 def _split_size(info, split: str) -> int | None:
+  """Examples in `split` (a sliced split such as 'train[:25%]' counts its slice), or None if unknown."""
+  from maskfeat_jax.data import tfds_video  # pylint: disable=g-import-not-at-top
   for attr in ("split_sizes", "splits", "num_examples"):
     sizes = getattr(info, attr, None)
-    if isinstance(sizes, dict) and split in sizes:
-      return int(sizes[split])
+    if isinstance(sizes, dict) and split.split("[")[0] in sizes:
+      _, start, stop = tfds_video.resolve_split(split, sizes)
+      return stop - start
   return None
 
 
@@ -100,6 +103,16 @@ def check_config(config, mesh=None, registry_model: bool = True):
           f"{need} or change the mesh.")
   if registry_model and config.mode in ("pretrain", "finetune", "probe", "eval"):
     check_input_shapes(config)
+  _check_augment(config.augment)
+
+
+def _check_augment(a):
+  """A bad augmentation setting fails here, not in a data worker after compilation."""
+  from maskfeat_jax.data import augment  # pylint: disable=g-import-not-at-top
+  if a.randaug:
+    augment.parse_rand_augment_spec(str(a.randaug), int(a.randaug_num_layers), tuple(a.randaug_ops))
+  if not 0.0 <= float(a.erase_prob) <= 1.0:
+    raise ValueError(f"config.augment.erase_prob={a.erase_prob}: expected a probability in [0, 1].")
 
 
 def token_grid(config) -> tuple[int, ...]:
@@ -477,6 +490,9 @@ def phase_config(config, phase: str, init_from: str = ""):
 def run_demo(config, workdir: str, hooks: Hooks | None = None) -> dict:
   """Pre-train -> fine-tune -> evaluate, and the same fine-tuning from scratch; prints both accuracies."""
   t0 = time.perf_counter()
+  if hooks is None or hooks.model is None:  # both phases' configs fail now, not after pre-training
+    for phase in ("pretrain", "finetune"):
+      check_config(phase_config(config, phase))
   pt_dir, ft_dir, sc_dir = (os.path.join(workdir, n) for n in ("pretrain", "finetune", "scratch"))
   results = {}
   pt = train(phase_config(config, "pretrain"), pt_dir, hooks)
