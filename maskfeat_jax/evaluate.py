@@ -26,6 +26,8 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from maskfeat_jax.data import tfds_video
+
 
 # --------------------------------------------------------------------------------------------------------
 # Pure helpers
@@ -367,7 +369,7 @@ def format_summary(m: dict, split: str, class_names: Optional[Sequence[str]] = N
 
 
 def _write_reports(workdir: str, split: str, m: dict, cm: np.ndarray, class_names: list, views: str) -> dict:
-  d = os.path.join(workdir, f"eval_{split}")
+  d = os.path.join(workdir, f"eval_{tfds_video.split_tag(split)}")
   os.makedirs(d, exist_ok=True)
   files = dict(metrics=os.path.join(d, "metrics.json"), confusion_json=os.path.join(d, "confusion_matrix.json"),
                confusion_png=os.path.join(d, "confusion_matrix.png"))

@@ -25,6 +25,7 @@ import numpy as np
 import optax
 
 from maskfeat_jax import evaluate as ev
+from maskfeat_jax.data import tfds_video
 
 
 def standardize(train: np.ndarray, *others: np.ndarray, eps: float = 1e-6):
@@ -136,6 +137,6 @@ def linear_probe(config, model, params, mesh, workdir: Optional[str] = None, *,
             f"  train top-1 {100 * out['train_top1']:.2f}%  {views}", flush=True)
     if workdir:
       os.makedirs(workdir, exist_ok=True)
-      with open(os.path.join(workdir, f"probe_{eval_split}.json"), "w") as f:
+      with open(os.path.join(workdir, f"probe_{tfds_video.split_tag(eval_split)}.json"), "w") as f:
         json.dump(dict(train_split=train_split, eval_split=eval_split, views=views, **out), f, indent=2)
   return out

@@ -235,6 +235,8 @@ def test_sliced_splits_read_their_records_only(data_dir):
   the second half; the epoch covers exactly the slice."""
   assert tfds_video.resolve_split("train[:10%]", {"train": 400}) == ("train", 0, 40)
   assert tfds_video.resolve_split("train[-8:]", {"train": 400}) == ("train", 392, 400)
+  assert tfds_video.split_tag("train[:10%]") == "train_0-10pct" and tfds_video.split_tag("test") == "test"
+  assert tfds_video.split_tag("test[150:]") == "test_150-end"
   for bad, match in (("train[5:5]", "selects no records"), ("val[:10]", "not in"), ("train[a:]", "expected")):
     with pytest.raises(ValueError, match=match):
       tfds_video.resolve_split(bad, {"train": 400})

@@ -197,7 +197,7 @@ def resolve_split(split: str, sizes: dict, where: str = "the dataset") -> tuple[
   """'name' or a TFDS-style slice 'name[a:b]' (ints or percents, negatives from the end) -> (name, start, stop).
 
   Percent boundaries round to the nearest record, as TFDS. A slice selects records of its base split in
-  their stored order (e.g. the demo's label-efficiency runs use 'train[:25%]').
+  their stored order (e.g. 'train[:10%]' for a label-efficiency run).
   """
   m = _SLICE_RE.match(str(split).strip())
   if m is None:
@@ -217,6 +217,15 @@ def resolve_split(split: str, sizes: dict, where: str = "the dataset") -> tuple[
   if stop <= start:
     raise ValueError(f"Split {split!r} selects no records ({base!r} has {n}: [{start}:{stop}]).")
   return base, start, stop
+
+
+def split_tag(split: str) -> str:
+  """A file-name-safe form of a split name: 'train[:10%]' -> 'train_0-10pct'."""
+  base, _, rest = str(split).partition("[")
+  if not rest:
+    return base
+  lo, _, hi = rest.rstrip("]").partition(":")
+  return f"{base}_{lo.strip() or '0'}-{hi.strip() or 'end'}".replace("%", "pct")
 
 
 def find_dataset_dir(data_dir: str | os.PathLike, name: str) -> pathlib.Path | None:
