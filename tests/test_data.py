@@ -231,8 +231,8 @@ def test_repeated_sampling_draws_different_clips_of_one_video(data_dir):
 
 
 def test_sliced_splits_read_their_records_only(data_dir):
-  """'train[:40]' trains on records 0-39 (class-balanced: labels cycle in record order), 'test[50%:]' evaluates
-  the second half; the epoch covers exactly the slice."""
+  """'train[:40]' trains on records 0-39 (class-balanced: labels cycle in record order) and one epoch covers
+  exactly the slice; 'train[100:140]' starts at record 100; 'test[150:]' evaluates the last 10 records."""
   assert tfds_video.resolve_split("train[:10%]", {"train": 400}) == ("train", 0, 40)
   assert tfds_video.resolve_split("train[-8:]", {"train": 400}) == ("train", 392, 400)
   assert tfds_video.split_tag("train[:10%]") == "train_0-10pct" and tfds_video.split_tag("test") == "test"
