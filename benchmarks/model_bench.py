@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from maskfeat_jax import models
+from maskfeat_jax.models import factory
 from maskfeat_jax.config_defaults import base_config
 from maskfeat_jax.models import registry
 
@@ -96,7 +96,7 @@ def time_step(fn, args, warmup: int, steps: int) -> tuple[float, list[float]]:
 def forward_gmacs(name: str, batch: int = 1) -> tuple[float, float]:
   """(XLA forward GFLOPs per view, official GMACs) for the named layout, from the lowered program."""
   config = make_config(name)
-  model = models.build_model(config)
+  model = factory.build_model(config)
   inputs = make_inputs(config, batch)
   params = jax.eval_shape(lambda: init_params(model, config, inputs))
   fwd = jax.jit(lambda p, *a: model.apply({"params": p}, *a))
@@ -106,9 +106,9 @@ def forward_gmacs(name: str, batch: int = 1) -> tuple[float, float]:
 
 def cpu_benchmark(args):
   config = make_config(args.model, args.dtype)
-  model = models.build_model(config)
+  model = factory.build_model(config)
   inputs = make_inputs(config, args.batch)
-  print(f"model {args.model}: {models.count_params(config, model):,} params, input "
+  print(f"model {args.model}: {factory.count_params(factory.param_shapes(config, model)):,} params, input "
         f"{tuple(inputs[0].shape)} uint8, {config.model.dtype} compute, device {jax.devices()[0].device_kind}")
   params = init_params(model, config, inputs)
   step = jax.jit(jax.value_and_grad(_loss_fn(model, config)))
@@ -151,7 +151,7 @@ def gpu_benchmark(args):
       row = dict(batch=batch, remat=remat)
       try:
         config = make_config(args.model, args.gpu_dtype, remat)
-        model = models.build_model(config)
+        model = factory.build_model(config)
         inputs = tuple(jax.device_put(a) for a in make_inputs(config, batch))
         params = init_params(model, config, inputs)
         step = jax.jit(jax.value_and_grad(_loss_fn(model, config)))

@@ -16,6 +16,9 @@ writes out the complete resolved tree. Sections are owned by the module that rea
   eval       -> maskfeat_jax.evaluate      (multi-view testing)
   probe      -> maskfeat_jax.probe         (linear probe)
 """
+import importlib.util
+import pathlib
+
 import ml_collections
 
 from maskfeat_jax.models import registry
@@ -132,6 +135,10 @@ def base_config() -> ml_collections.ConfigDict:
       ("embed", "fsdp"),
       ("mlp", None),
       ("heads", None),
+      ("qkv", None),
+      ("act_batch", ("data", "fsdp")),
+      ("act_tokens", None),
+      ("act_embed", None),
       ("kv", None),
       ("classes", None),
   )
@@ -163,3 +170,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.probe.num_clips = 1  # feature views per example (deterministic eval views, averaged)
   c.probe.num_crops = 1
   return c
+
+
+def load_config(spec: str, lock: bool = True) -> ml_collections.ConfigDict:
+  """`configs/x.py[:arg]` -> its get_config(arg), locked as `--config=` gives it to main (tests, notebooks).
+
+  A relative path is taken from the current directory, then from the repository root.
+  """
+  path, _, arg = str(spec).partition(":")
+  file = pathlib.Path(path).expanduser()
+  if not file.is_file() and not file.is_absolute():
+    file = pathlib.Path(__file__).resolve().parents[1] / path
+  if not file.is_file():
+    raise FileNotFoundError(f"config file {path!r} not found (from {spec!r})")
+  module_spec = importlib.util.spec_from_file_location(f"_maskfeat_config_{file.stem}", file)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(arg) if arg else module.get_config()
+  if lock:
+    config.lock()
+  return config

@@ -7,8 +7,9 @@
 - `pretrain_to_finetune(pt_params, ft_params)`: pre-training params into the fine-tuning tree (rel-pos
   tables linearly interpolated where their lengths differ, as SlowFast's loader does).
 - `export_official(config, params) -> {key: np.ndarray}`: back to the official state-dict layout.
-- CLI: `python -m maskfeat_jax.convert --input X.pyth --output DIR [--finetune_layout]` writes an Orbax
-  checkpoint of `{'params': ...}` under DIR/checkpoint plus DIR/config.json (`restore_converted(DIR)`).
+- CLI: `python -m maskfeat_jax.convert --input X.pyth --output DIR [--finetune_layout]` writes DIR as a
+  workdir with one params-only checkpoint (DIR/checkpoints/0) and DIR/config.json, the layout training
+  writes, so `--config.init_from=DIR` fine-tunes, evaluates or probes it (`restore_converted(DIR)`).
 """
 import argparse
 import collections
@@ -26,7 +27,7 @@ import yaml
 
 from maskfeat_jax.config_defaults import base_config
 from maskfeat_jax.models import registry
-from maskfeat_jax.models import mvit
+from maskfeat_jax.models import arch, layers
 
 # State-dict entries that are buffers of the official model, not parameters (HOGLayerC's Sobel kernels).
 IGNORED_KEYS = re.compile(r"^hogs\.\d+\.weight_[xy]$")
@@ -269,7 +270,7 @@ def config_from_cfg(cfg: dict, name: str = "official") -> ml_collections.ConfigD
     c.target.nbins, c.target.cell_size, c.target.gaussian_window = 9, 8, 0
     if patch_2d:
       # Image masks live on the prediction grid (BEiT block masking, spec §2.2).
-      spec = mvit.arch_spec(m, num_blocks=m.pretrain_depth[-1] + 1)
+      spec = arch.arch_spec(m, num_blocks=m.pretrain_depth[-1] + 1)
       c.mask.type = "block"
       c.mask.grid = tuple(spec.blocks[-1].out_thw[1:])
     else:
@@ -349,8 +350,8 @@ def _from_flax(array: np.ndarray) -> np.ndarray:
 
 def convert_state_dict(state: dict, config: Any) -> dict:
   """Official state dict -> our params tree for `config` (every key mapped; errors list the problems)."""
-  from maskfeat_jax import models  # pylint: disable=g-import-not-at-top
-  expected = _flatten(models.param_shapes(config))
+  from maskfeat_jax.models import factory  # pylint: disable=g-import-not-at-top
+  expected = _flatten(factory.param_shapes(config))
   params, unmatched, mismatched = {}, [], []
   for key, value in state.items():
     key = key[len("module."):] if key.startswith("module.") else key
@@ -517,7 +518,7 @@ def pretrain_to_finetune(pt_params: Any, ft_params: Any) -> Any:
       src = np.asarray(pt[path], np.float32)
       if src.shape != tuple(value.shape):
         if path[-1] in ("rel_pos_h", "rel_pos_w", "rel_pos_t") and src.shape[1:] == tuple(value.shape[1:]):
-          src = mvit.resize_rel_pos(src, value.shape[0]).astype(np.float32)
+          src = layers.resize_rel_pos(src, value.shape[0]).astype(np.float32)
         else:
           problems.append(f"{'/'.join(path)}: pre-trained {src.shape} vs fine-tuning {tuple(value.shape)}")
       new = src
@@ -535,24 +536,22 @@ def pretrain_to_finetune(pt_params: Any, ft_params: Any) -> Any:
 
 
 def save_converted(directory, config: Any, variables: dict) -> pathlib.Path:
-  """Writes DIR/checkpoint (Orbax, {'params': ...}) and DIR/config.json."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  """Writes DIR/config.json and DIR/checkpoints/0/state ({'params': ...}): a workdir like a training run's,
+  so DIR is a valid `config.init_from` for fine-tuning, eval and probe."""
+  from maskfeat_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   directory = pathlib.Path(directory).absolute()
   directory.mkdir(parents=True, exist_ok=True)
-  ckpt = ocp.StandardCheckpointer()
-  ckpt.save(directory / "checkpoint", {"params": variables["params"]}, force=True)
-  ckpt.wait_until_finished()
+  ckpt_lib.save_params(str(directory), variables["params"])
   (directory / "config.json").write_text(config.to_json_best_effort(indent=2))
   return directory
 
 
 def restore_converted(directory) -> tuple[ml_collections.ConfigDict, dict]:
   """Reads what `save_converted` wrote -> (config, {'params': ...})."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from maskfeat_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   directory = pathlib.Path(directory).absolute()
   config = config_from_json(json.loads((directory / "config.json").read_text()))
-  restored = ocp.StandardCheckpointer().restore(directory / "checkpoint")
-  return config, {"params": restored["params"]}
+  return config, {"params": ckpt_lib.restore_params(str(directory))}
 
 
 def _as_tuples(v):
@@ -591,16 +590,17 @@ def main(argv=None):
                        f"{config.model.type}")
     import jax  # pylint: disable=g-import-not-at-top
     import flax.linen as nn  # pylint: disable=g-import-not-at-top
-    from maskfeat_jax import models  # pylint: disable=g-import-not-at-top
+    from maskfeat_jax.models import factory  # pylint: disable=g-import-not-at-top
     config = finetune_config(config, args.num_classes)
-    model = models.build_model(config)
-    ft = nn.unbox(jax.jit(lambda: model.init(jax.random.key(args.seed), *models.example_inputs(config)))())
+    model = factory.build_model(config)
+    ft = nn.unbox(jax.jit(lambda: model.init(jax.random.key(args.seed), *factory.example_inputs(config)))())
     variables = {"params": pretrain_to_finetune(variables["params"], ft["params"])}
   out = save_converted(args.output, config, variables)
   if args.export_npz:
     np.savez(args.export_npz, **export_official(config, variables["params"]))
   n = sum(np.size(v) for v in _flatten(variables["params"]).values())
-  print(f"wrote {out}/checkpoint ({n:,} params, model {config.model.type}) and {out}/config.json")
+  print(f"wrote {out}/checkpoints/0 ({n:,} params, model {config.model.type}) and {out}/config.json; "
+        f"use it as --config.init_from={out}")
 
 
 if __name__ == "__main__":

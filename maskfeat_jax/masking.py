@@ -1,4 +1,5 @@
-"""Mask generators of the official MaskFeat data loaders (spec §2), plus the device-side mask resize.
+"""Mask generators of the official MaskFeat data loaders (`slowfast/datasets/transform.py::MaskingGenerator3D`
+and the BEiT `MaskingGenerator`).
 
 Generators run on the host, one mask per example, driven by a `numpy.random.Generator` (so a seed
 reproduces the masks, independent of Python's global `random`). They return uint8 arrays on the mask
@@ -18,7 +19,6 @@ random streams differ.
 import math
 from typing import Any, Callable, Sequence
 
-import jax.numpy as jnp
 import numpy as np
 
 MASK_TYPES = ("cube", "block", "tube", "frame", "random", "none")
@@ -177,56 +177,3 @@ def build_mask_generator(mask_config: Any) -> MaskGenerator:
   if kind == "none":
     return lambda rng: np.zeros(grid, np.uint8)
   raise ValueError(f"unknown mask.type {kind!r}; expected one of {MASK_TYPES}")
-
-
-def check_mask_grid(mask_grid: Sequence[int], token_grid: Sequence[int]) -> None:
-  """Raises ValueError unless the mask grid divides the token grid (spatially; equal in time).
-
-  The official model resizes the mask with nearest interpolation over the spatial dims only, so for
-  video the temporal sizes must be equal and each spatial token size a multiple of the mask size.
-  """
-  mask_grid, token_grid = tuple(mask_grid), tuple(token_grid)
-  if len(mask_grid) != len(token_grid) or len(mask_grid) not in (2, 3):
-    raise ValueError(f"mask grid {mask_grid} and token grid {token_grid} must both be (H, W) or (T, H, W)")
-  if len(mask_grid) == 3 and mask_grid[0] != token_grid[0]:
-    raise ValueError(f"mask grid {mask_grid} and token grid {token_grid} need equal temporal sizes "
-                     "(masks are resized spatially only)")
-  for m, t in zip(mask_grid[-2:], token_grid[-2:]):
-    if m < 1 or t % m:
-      raise ValueError(f"mask grid {mask_grid} does not divide token grid {token_grid}")
-
-
-def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
-  # F.interpolate(mode="nearest"): source index floor(i * in / out).
-  return (np.arange(n_out) * n_in) // n_out
-
-
-def resize_mask(mask: jnp.ndarray, grid: Sequence[int]) -> jnp.ndarray:
-  """Nearest resize of a mask batch over its last two (spatial) dims, like F.interpolate(nearest).
-
-  Args:
-    mask: [B, T', h, w] (video) or [B, h, w] (image), any dtype.
-    grid: target (H, W), or the full target grid (T', H, W) / (H, W) whose temporal size must match.
-
-  Returns:
-    [B, T', H, W] or [B, H, W], same dtype.
-  """
-  mask = jnp.asarray(mask)
-  grid = tuple(int(g) for g in grid)
-  if mask.ndim not in (3, 4):
-    raise ValueError(f"resize_mask expects [B, h, w] or [B, T', h, w], got shape {tuple(mask.shape)}")
-  if len(grid) == mask.ndim - 1 and len(grid) == 3 and grid[0] != mask.shape[1]:
-    raise ValueError(f"resize_mask resizes spatially only: mask {tuple(mask.shape)} vs grid {grid}")
-  if len(grid) not in (2, mask.ndim - 1):
-    raise ValueError(f"resize_mask grid must be (H, W) or match the mask rank; got {grid} for "
-                     f"mask {tuple(mask.shape)}")
-  out_h, out_w = grid[-2:]
-  in_h, in_w = mask.shape[-2:]
-  if out_h % in_h == 0 and out_w % in_w == 0:
-    # Integer upsampling (the usual case): a broadcast + reshape, no gather.
-    rh, rw = out_h // in_h, out_w // in_w
-    lead = mask.shape[:-2]
-    up = jnp.broadcast_to(mask[..., :, None, :, None], (*lead, in_h, rh, in_w, rw))
-    return up.reshape(*lead, out_h, out_w)
-  mask = jnp.take(mask, _nearest_index(in_h, out_h), axis=-2)
-  return jnp.take(mask, _nearest_index(in_w, out_w), axis=-1)

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from maskfeat_jax import convert
-from maskfeat_jax import models
-from maskfeat_jax.models import mvit
+from maskfeat_jax.models import factory
+from maskfeat_jax.models import layers
+from maskfeat_jax.models import registry
 
 GOLDEN = ["maskmvit_tiny_pt", "mvit_tiny_ft", "mvitv2_tiny_ft_dim_mul_in_att", "vit_tiny_image_pt"]
 
@@ -97,7 +98,7 @@ def _ft_pair():
   """A depth-6 tiny MaskFeat PT layout whose FT layout shortens block 5's rel-pos tables (7 -> 3)."""
   from maskfeat_jax.config_defaults import base_config  # pylint: disable=g-import-not-at-top
   c = base_config()
-  c.model = models.registry.get_model_config("maskfeat_mvit_tiny")
+  c.model = registry.get_model_config("maskfeat_mvit_tiny")
   c.model.depth = 6
   c.model.dim_mul = c.model.head_mul = ((1, 2.0), (3, 2.0), (4, 2.0))
   c.model.pool_q_stride = tuple((i, 1, 2, 2) if i in (1, 3) else (i, 1, 1, 1) for i in range(6))
@@ -112,24 +113,24 @@ def test_finetune_config_adds_the_last_stage_stride():
   assert dict((e[0], e[1:]) for e in ft.model.pool_q_stride)[4] == (1, 2, 2)
   assert (ft.model.type, ft.model.num_classes) == ("classifier", 7)
   s = convert.finetune_config(_s_pt(), 400)
-  assert models.count_params(s) == 36_475_120  # = the official MViT-S FT layout
+  assert factory.count_params(factory.param_shapes(s)) == 36_475_120  # = the official MViT-S FT layout
 
 
 def _s_pt():
   from maskfeat_jax.config_defaults import base_config  # pylint: disable=g-import-not-at-top
   c = base_config()
-  c.model = models.registry.get_model_config("maskfeat_mvit_s_16x4_pt")
+  c.model = registry.get_model_config("maskfeat_mvit_s_16x4_pt")
   return c
 
 
 def test_pretrain_to_finetune_interpolates_rel_pos_and_keeps_head():
   pt_cfg, ft_cfg = _ft_pair()
-  pt_model, ft_model = models.build_model(pt_cfg), models.build_model(ft_cfg)
+  pt_model, ft_model = factory.build_model(pt_cfg), factory.build_model(ft_cfg)
   # Random values on the shapes (no init compile needed): the function only moves and resamples arrays.
   rng = np.random.default_rng(0)
   fill = lambda s: rng.normal(size=s.shape).astype(np.float32)  # pylint: disable=unnecessary-lambda-assignment
-  pt = jax.tree_util.tree_map(fill, models.param_shapes(pt_cfg, pt_model))
-  ft_shapes = jax.eval_shape(lambda: ft_model.init(jax.random.key(1), *models.example_inputs(ft_cfg)))
+  pt = jax.tree_util.tree_map(fill, factory.param_shapes(pt_cfg, pt_model))
+  ft_shapes = jax.eval_shape(lambda: ft_model.init(jax.random.key(1), *factory.example_inputs(ft_cfg)))
   ft_boxed = jax.tree_util.tree_map(fill, ft_shapes["params"])
   out = convert.pretrain_to_finetune(pt, ft_boxed)
   # Same structure and logical boxing as the fine-tuning tree.
@@ -167,7 +168,7 @@ def test_cli_writes_restorable_orbax_checkpoint(golden_dir, tmp_path):
                 "--finetune_layout", "--num_classes", "5"])
   config, variables = convert.restore_converted(tmp_path / "pt2ft")
   assert (config.model.type, config.model.num_classes) == ("classifier", 5)
-  shapes = models.param_shapes(config)
+  shapes = factory.param_shapes(config)
   jax.tree_util.tree_map(lambda s, v: np.testing.assert_equal(tuple(s.shape), tuple(v.shape)), shapes,
                          variables["params"])
   _, pt = convert.load_official_checkpoint(golden_dir / "maskmvit_tiny_pt.pyth")
@@ -193,8 +194,8 @@ def test_reader_refuses_arbitrary_objects(tmp_path):
 
 def test_rel_pos_resize_is_identity_at_equal_length():
   table = np.arange(12, dtype=np.float32).reshape(6, 2)
-  assert mvit.resize_rel_pos(table, 6) is table
+  assert layers.resize_rel_pos(table, 6) is table
   # A linear ramp stays a ramp (away from the clamped edges) when resampled.
   ramp = np.linspace(0, 1, 27, dtype=np.float32)[:, None]
-  out = mvit.resize_rel_pos(ramp, 13)[:, 0]
+  out = layers.resize_rel_pos(ramp, 13)[:, 0]
   np.testing.assert_allclose(np.diff(out[1:-1]), np.diff(out[1:-1]).mean(), rtol=1e-4)

@@ -224,13 +224,13 @@ def test_evaluate_with_real_eval_iterator_matches_plain_loop(tmp_path):
 def test_evaluate_tiny_mvit_with_real_eval_iterator(tmp_path):
   """The real tiny MViT classifier (registry 'mvit_tiny_ft') end to end: 1 clip x 1 crop on synthetic_motion."""
   from flax.core import meta
-  from maskfeat_jax import models
+  from maskfeat_jax.models import factory
   from maskfeat_jax.models import registry
   config = _synthetic_config(num_clips=1, batch=8)
   config.model = registry.get_model_config("mvit_tiny_ft")
   config.model.num_classes = 8
   config.mask.type = "none"
-  model = models.build_model(config)
+  model = factory.build_model(config)
   # Shapes from eval_shape (no init compile); random values suffice to exercise the real forward.
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 64, 64, 3), jnp.uint8))["params"]
   rng = np.random.default_rng(0)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from maskfeat_jax import convert
-from maskfeat_jax import models
+from maskfeat_jax.models import factory
 from maskfeat_jax.config_defaults import base_config
-from maskfeat_jax.models import mvit
+from maskfeat_jax.models import arch, layers, mvit
 from maskfeat_jax.models import registry
 
 RTOL, ATOL = 1e-4, 1e-5  # golden/README.md: model outputs and losses
@@ -47,7 +47,7 @@ def _load_golden(golden_dir, name):
 @pytest.mark.parametrize("name", ["maskmvit_tiny_pt", "vit_tiny_image_pt"])
 def test_pretrain_parity(golden_dir, name):
   config, variables, io = _load_golden(golden_dir, name)
-  model = models.build_model(config)
+  model = factory.build_model(config)
   out = jax.jit(model.apply)(variables, _raw_from_golden(io["x"], config), io["mask"])
   token_mask = np.asarray(out["token_mask"])
   pred, target = np.asarray(out["pred"]), np.asarray(out["target"])
@@ -62,7 +62,7 @@ def test_pretrain_parity(golden_dir, name):
 @pytest.mark.parametrize("name", ["mvit_tiny_ft", "mvitv2_tiny_ft_dim_mul_in_att"])
 def test_classifier_parity(golden_dir, name):
   config, variables, io = _load_golden(golden_dir, name)
-  model = models.build_model(config)
+  model = factory.build_model(config)
   logits = jax.jit(model.apply)(variables, _raw_from_golden(io["x"], config))
   # The official TransformerBasicHead applies softmax in eval mode: the golden "logits" are probabilities.
   np.testing.assert_allclose(jax.nn.softmax(logits, axis=-1), io["logits"], rtol=RTOL, atol=ATOL)
@@ -78,7 +78,7 @@ def test_classifier_parity(golden_dir, name):
     ("mvitv2_s_16x4", 34_537_744),  # spec §4.5, DIM_MUL_IN_ATT layout
 ])
 def test_param_counts(name, count):
-  assert models.count_params(_config(name)) == count
+  assert factory.count_params(factory.param_shapes(_config(name))) == count
 
 
 def _listing_sections(path):
@@ -104,7 +104,7 @@ def test_s_state_dict_listing_matches_spec(golden_dir, name, section):
   want = _listing_sections(listing)[section]
   assert len(want) == {"pt": 400, "ft": 397}[section]
   config = _config(name)
-  zeros = jax.tree_util.tree_map(lambda s: np.broadcast_to(np.float32(0), s.shape), models.param_shapes(config))
+  zeros = jax.tree_util.tree_map(lambda s: np.broadcast_to(np.float32(0), s.shape), factory.param_shapes(config))
   exported = {k: tuple(v.shape) for k, v in convert.export_official(config, zeros).items()}
   assert exported == want
 
@@ -123,8 +123,8 @@ def test_registry_names_share_one_key_set_and_import_without_jax():
 
 def test_arch_spec_matches_spec_table():
   """MViT-S schedule of spec §4.4 (widths, heads, strides, rel-pos lengths) for PT and FT."""
-  pt = mvit.arch_spec(registry.get_model_config("maskfeat_mvit_s_16x4_pt"))
-  ft = mvit.arch_spec(registry.get_model_config("mvit_s_16x4_ft"))
+  pt = arch.arch_spec(registry.get_model_config("maskfeat_mvit_s_16x4_pt"))
+  ft = arch.arch_spec(registry.get_model_config("mvit_s_16x4_ft"))
   assert [(b.dim, b.dim_out, b.num_heads) for b in pt.blocks[:4]] == [
       (96, 192, 1), (192, 192, 2), (192, 384, 2), (384, 384, 4)]
   assert (pt.blocks[13].dim, pt.blocks[13].dim_out, pt.blocks[14].num_heads) == (384, 768, 8)
@@ -153,7 +153,7 @@ def _micro(name="maskfeat_mvit_tiny", **overrides):
 def micro():
   """(config, model, unboxed variables, jitted apply, x uint8 [2,4,32,32,3], mask [2,2,2,2])."""
   config = _micro()
-  model = models.build_model(config)
+  model = factory.build_model(config)
   rng = np.random.default_rng(0)
   x = rng.integers(0, 256, (2, 4, 32, 32, 3), dtype=np.uint8)
   mask = np.array([[[[1, 0], [0, 1]], [[0, 0], [1, 1]]], [[[0, 1], [1, 1]], [[0, 0], [0, 0]]]], np.uint8)
@@ -164,7 +164,7 @@ def micro():
 @pytest.fixture(scope="module")
 def micro_ft(micro):
   config = _micro("mvit_tiny_ft", dropout_rate=0.5)
-  model = models.build_model(config)
+  model = factory.build_model(config)
   variables = jax.jit(model.init)(jax.random.key(0), micro[4])
   return config, model, variables
 
@@ -240,13 +240,13 @@ def test_remat_policies_and_drop_path(micro, micro_grads):
   _, base_loss, base_grads = micro_grads
   params = variables["params"]
   for policy in ("full", "dots"):
-    m = models.build_model(_micro(remat_policy=policy))
+    m = factory.build_model(_micro(remat_policy=policy))
     loss, grads = jax.jit(jax.value_and_grad(lambda p: m.apply({"params": p}, x, mask)["loss"]))(params)
     np.testing.assert_allclose(loss, base_loss, rtol=1e-6)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), grads,
                            base_grads)
   # Drop path: a no-op unless train=True; with train=True it needs the 'dropout' rng and changes the loss.
-  dp = models.build_model(_micro(drop_path_rate=0.5))
+  dp = factory.build_model(_micro(drop_path_rate=0.5))
   both = jax.jit(lambda v, r: (dp.apply(v, x, mask)["loss"],
                                dp.apply(v, x, mask, train=True, rngs={"dropout": r})["loss"]))
   eval_loss, train_loss = both(variables, jax.random.key(3))
@@ -258,7 +258,7 @@ def test_remat_policies_and_drop_path(micro, micro_grads):
 
 def test_bf16_compute_keeps_float32_params(micro):
   config, model, variables, apply, x, mask = micro
-  m16 = models.build_model(_micro(dtype="bfloat16"))
+  m16 = factory.build_model(_micro(dtype="bfloat16"))
   shapes = jax.eval_shape(lambda: m16.init(jax.random.key(0), x, mask))
   assert {l.dtype for l in jax.tree_util.tree_leaves(nn.unbox(shapes))} == {jnp.dtype(jnp.float32)}
   out16 = jax.jit(m16.apply)(variables, x, mask)
@@ -270,10 +270,10 @@ def test_bf16_compute_keeps_float32_params(micro):
 
 def test_logical_axis_names_on_params():
   c = _micro("mvit_tiny_ft")
-  model = models.build_model(c)
-  boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *models.example_inputs(c)))["params"]
+  model = factory.build_model(c)
+  boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *factory.example_inputs(c)))["params"]
   specs = nn.get_partition_spec(boxed)
-  assert tuple(specs["blocks_1"]["attn"]["qkv"]["kernel"]) == ("embed", "heads")
+  assert tuple(specs["blocks_1"]["attn"]["qkv"]["kernel"]) == ("embed", "qkv")
   assert tuple(specs["blocks_1"]["mlp"]["fc1"]["kernel"]) == ("embed", "mlp")
   assert tuple(specs["blocks_1"]["attn"]["rel_pos_h"]) == (None, "kv")
   assert tuple(specs["head"]["projection"]["kernel"]) == ("embed", "classes")
@@ -321,16 +321,16 @@ def test_shape_errors_name_the_config(micro):
   with pytest.raises(ValueError, match=r"mask temporal size 1"):
     jax.eval_shape(lambda: model.apply(variables, x, mask[:, :1]))
   with pytest.raises(ValueError, match="pretrain_depth"):
-    models.build_model(_micro(pretrain_depth=(2, 1)))
+    factory.build_model(_micro(pretrain_depth=(2, 1)))
   with pytest.raises(ValueError, match="pool_mode"):
-    models.build_model(_micro(pool_mode="lp"))
+    factory.build_model(_micro(pool_mode="lp"))
 
 
 def test_multi_depth_heads(micro):
   _, _, _, _, x, mask = micro
   # Patch stride 8: block 0 predicts at stride 8 (one HOG cell per token: 27-d), block 1 at 16 (108-d).
   c = _micro(pretrain_depth=(0, 1), patch_stride=(2, 8, 8))
-  model = models.build_model(c)
+  model = factory.build_model(c)
   out, _ = jax.jit(model.init_with_output)(jax.random.key(0), x, mask)
   assert out["preds"][0].shape == (2, 2 * 4 * 4, 27) and out["pred"].shape == (2, 2 * 2 * 2, 108)
   assert out["token_masks"][0].sum() == 4 * out["token_mask"].sum()
@@ -347,7 +347,7 @@ def test_multi_depth_heads(micro):
 def test_architecture_variants_build_and_run(micro, overrides, absent, present):
   x = micro[4]
   c = _micro("mvit_tiny_ft", **overrides)
-  m = models.build_model(c)
+  m = factory.build_model(c)
   v = jax.eval_shape(lambda: m.init(jax.random.key(0), x))["params"]
   names = set(v) | set(v["blocks_1"]["attn"])
   assert absent is None or absent not in names
@@ -358,19 +358,19 @@ def test_architecture_variants_build_and_run(micro, overrides, absent, present):
 def test_pooling_primitives_match_pytorch_semantics():
   x = -1.0 - np.random.default_rng(0).random((1, 1, 4, 4, 1)).astype(np.float32)
   # MaxPool3d pads with -inf: an all-negative input never picks a padded 0.
-  got = np.asarray(mvit.max_pool3d((1, 3, 3), (1, 2, 2))(x))
+  got = np.asarray(layers.max_pool3d((1, 3, 3), (1, 2, 2))(x))
   want = np.array([[x[0, 0, max(0, 2 * i - 1):2 * i + 2, max(0, 2 * j - 1):2 * j + 2, 0].max()
                     for j in range(2)] for i in range(2)])
   np.testing.assert_allclose(got[0, 0, :, :, 0], want)
   # AvgPool3d counts the zero padding (count_include_pad=True).
   ones = np.ones((1, 1, 4, 4, 1), np.float32)
-  np.testing.assert_allclose(np.asarray(mvit.avg_pool3d((1, 3, 3), (1, 2, 2))(ones))[0, 0, 0, 0, 0], 4 / 9)
+  np.testing.assert_allclose(np.asarray(layers.avg_pool3d((1, 3, 3), (1, 2, 2))(ones))[0, 0, 0, 0, 0], 4 / 9)
   # Rel-pos distances: truncating float32 arithmetic of cal_rel_pos_spatial.
-  np.testing.assert_array_equal(mvit.rel_pos_distance(4, 2), [[2, 0], [3, 1], [4, 2], [5, 3]])
-  np.testing.assert_array_equal(mvit.rel_pos_distance(3, 2)[:, 0], [1, 2, 3])  # 1.5 ratios truncate
+  np.testing.assert_array_equal(layers.rel_pos_distance(4, 2), [[2, 0], [3, 1], [4, 2], [5, 3]])
+  np.testing.assert_array_equal(layers.rel_pos_distance(3, 2)[:, 0], [1, 2, 3])  # 1.5 ratios truncate
   # Linear resize, align_corners=False with edge clamping == np.interp at the half-pixel sources.
   table = np.random.default_rng(1).normal(size=(27, 3)).astype(np.float32)
   src = np.clip((np.arange(13) + 0.5) * 27 / 13 - 0.5, 0, None)
   want = np.stack([np.interp(src, np.arange(27), table[:, c]) for c in range(3)], axis=1)
-  np.testing.assert_allclose(mvit.resize_rel_pos(table, 13), want, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(mvit.resize_rel_pos(jnp.asarray(table), 13), want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(layers.resize_rel_pos(table, 13), want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(layers.resize_rel_pos(jnp.asarray(table), 13), want, rtol=1e-5, atol=1e-6)

@@ -95,7 +95,7 @@ def test_linear_probe_tiny_maskfeat_with_real_eval_iterator():
   import itertools
 
   from flax.core import meta
-  from maskfeat_jax import models
+  from maskfeat_jax.models import factory
   from maskfeat_jax.data import pipeline
   from maskfeat_jax.models import registry
   config = base_config()
@@ -105,7 +105,7 @@ def test_linear_probe_tiny_maskfeat_with_real_eval_iterator():
   config.data.crop_size, config.data.test_short_side, config.data.num_workers = 64, 64, 0
   config.eval.batch_size = 8
   config.probe.steps = 20
-  model = models.build_model(config)
+  model = factory.build_model(config)
   x = jnp.zeros((1, 16, 64, 64, 3), jnp.uint8)
   mask = jnp.zeros((1, 8, 2, 2), jnp.uint8)
   shapes = jax.eval_shape(model.init, jax.random.key(0), x, mask)["params"]

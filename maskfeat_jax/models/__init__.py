@@ -1,26 +1,10 @@
 """Models: MViT / ViT backbones, the MaskFeat pre-training model and the fine-tuning classifier.
 
-- `build_model(config)` (full config tree) -> Flax module; `example_inputs`, `param_shapes`,
-  `count_params` helpers (models/factory.py).
-- `registry.get_model_config(name)`: the named official layouts.
+  arch.py        ArchSpec and the input / token / prediction / mask shapes (pure Python, no JAX)
+  layouts.py     the named official layouts as `config.model` sections (config data, no JAX)
+  layers.py      the MViT layers (attention, pooling, patch embedding, blocks)
+  mvit.py        the backbone;  maskfeat.py  the pre-training model;  classifier.py  the fine-tuning model
+  factory.py     build_model(config), example_inputs, param_shapes, count_params
 
-Importing this package (or `registry`) does not import JAX: the config tree reads the registry; the
-JAX-side names load on first use.
+Importing this package imports no JAX, so the config tree and the config check load fast.
 """
-import importlib
-
-from maskfeat_jax.models import registry
-
-_LAZY = {
-    "build_model": "factory", "example_inputs": "factory", "param_shapes": "factory",
-    "count_params": "factory", "MaskFeat": "maskfeat", "TargetSpec": "maskfeat", "Classifier": "classifier",
-    "MViT": "mvit", "ArchSpec": "mvit", "BlockSpec": "mvit", "arch_spec": "mvit",
-}
-
-__all__ = ["registry"] + sorted(_LAZY)
-
-
-def __getattr__(name):
-  if name in _LAZY:
-    return getattr(importlib.import_module(f"maskfeat_jax.models.{_LAZY[name]}"), name)
-  raise AttributeError(f"module 'maskfeat_jax.models' has no attribute {name!r}")

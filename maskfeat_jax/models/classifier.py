@@ -1,4 +1,4 @@
-"""Fine-tuning classifier (official `MViT` with `TransformerBasicHead`, spec §4.6).
+"""Fine-tuning classifier: the official `MViT` with `slowfast/models/head_helper.py::TransformerBasicHead`.
 
 apply(variables, x, train=False) -> logits [B, classes] (pre-softmax; the official head applies softmax
 only in eval mode, so compare softmax(logits) with its eval outputs).
@@ -8,6 +8,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from maskfeat_jax.models import layers
 from maskfeat_jax.models import mvit
 
 
@@ -24,9 +25,9 @@ class TransformerHead(nn.Module):
   dtype: Any
 
   def setup(self):
-    self.projection = mvit.dense(
+    self.projection = layers.dense(
         self.num_classes, ("embed", "classes"), self.dtype,
-        kernel_init=_scaled(mvit.trunc_normal(), self.init_scale),
+        kernel_init=_scaled(layers.trunc_normal(), self.init_scale),
         bias_init=nn.initializers.constant(0.02 * self.init_scale))
 
   def __call__(self, x):
@@ -42,8 +43,9 @@ class Classifier(mvit.MViT):
 
   def setup(self):
     self._setup_backbone()
-    self.norm = mvit.layer_norm(self.spec.compute_dtype)
-    self.head = TransformerHead(self.num_classes, self.head_init_scale, self.spec.compute_dtype)
+    self.norm = layers.layer_norm(layers.compute_dtype(self.spec))
+    self.head = TransformerHead(self.num_classes, self.head_init_scale,
+                                  layers.compute_dtype(self.spec))
     self.dropout = nn.Dropout(self.dropout_rate)
 
   def pooled(self, x, train: bool = False):

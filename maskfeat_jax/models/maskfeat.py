@@ -1,20 +1,57 @@
-"""MaskFeat pre-training model (official `MaskMViT`, spec §2.3 and §3).
+"""MaskFeat pre-training model: `slowfast/models/masked.py::MaskMViT`.
 
 The full token sequence goes through the backbone with masked patch embeddings replaced by one learned
 `mask_token` (after the patch conv, before the cls token and absolute positions). Each configured
 prediction depth has a head LayerNorm + Linear; targets (HOG or pixels) are computed inside `apply` from the
-RAW input pixels (spec §1 "Flat regions and rounding"); the loss is the MSE over masked tokens.
+RAW input pixels (the official computes them after normalising, where flat regions round to noise); the loss is the MSE over masked tokens.
 """
 import dataclasses
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from maskfeat_jax import masking
 from maskfeat_jax import targets as targets_lib
+from maskfeat_jax.models import layers
 from maskfeat_jax.models import mvit
+
+
+def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
+  # F.interpolate(mode="nearest"): source index floor(i * in / out).
+  return (np.arange(n_out) * n_in) // n_out
+
+
+def resize_mask(mask: jnp.ndarray, grid: Sequence[int]) -> jnp.ndarray:
+  """Nearest resize of a mask batch over its last two (spatial) dims, like F.interpolate(nearest).
+
+  Args:
+    mask: [B, T', h, w] (video) or [B, h, w] (image), any dtype.
+    grid: target (H, W), or the full target grid (T', H, W) / (H, W) whose temporal size must match.
+
+  Returns:
+    [B, T', H, W] or [B, H, W], same dtype.
+  """
+  mask = jnp.asarray(mask)
+  grid = tuple(int(g) for g in grid)
+  if mask.ndim not in (3, 4):
+    raise ValueError(f"resize_mask expects [B, h, w] or [B, T', h, w], got shape {tuple(mask.shape)}")
+  if len(grid) == mask.ndim - 1 and len(grid) == 3 and grid[0] != mask.shape[1]:
+    raise ValueError(f"resize_mask resizes spatially only: mask {tuple(mask.shape)} vs grid {grid}")
+  if len(grid) not in (2, mask.ndim - 1):
+    raise ValueError(f"resize_mask grid must be (H, W) or match the mask rank; got {grid} for "
+                     f"mask {tuple(mask.shape)}")
+  out_h, out_w = grid[-2:]
+  in_h, in_w = mask.shape[-2:]
+  if out_h % in_h == 0 and out_w % in_w == 0:
+    # Integer upsampling (the usual case): a broadcast + reshape, no gather.
+    rh, rw = out_h // in_h, out_w // in_w
+    lead = mask.shape[:-2]
+    up = jnp.broadcast_to(mask[..., :, None, :, None], (*lead, in_h, rh, in_w, rw))
+    return up.reshape(*lead, out_h, out_w)
+  mask = jnp.take(mask, _nearest_index(in_h, out_h), axis=-2)
+  return jnp.take(mask, _nearest_index(in_w, out_w), axis=-1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,8 +74,8 @@ class PredHead(nn.Module):
   dtype: Any
 
   def setup(self):
-    self.transforms = [mvit.layer_norm(self.dtype, bias=0.0) for _ in self.out_dims]
-    self.projections = [mvit.dense(d, ("embed", None), self.dtype, bias_init=nn.initializers.zeros)
+    self.transforms = [layers.layer_norm(self.dtype, bias=0.0) for _ in self.out_dims]
+    self.projections = [layers.dense(d, ("embed", None), self.dtype, bias_init=nn.initializers.zeros)
                         for d in self.out_dims]
 
   def __call__(self, index: int, x):
@@ -64,9 +101,9 @@ class MaskFeat(mvit.MViT):
   def setup(self):
     self._setup_backbone()
     s = self.spec
-    self.mask_token = self.param("mask_token", mvit._lp(mvit.trunc_normal(), (None, None, "embed")),
+    self.mask_token = self.param("mask_token", layers.lp(layers.trunc_normal(), (None, None, "embed")),
                                  (1, 1, s.embed_dim))
-    self.pred_head = PredHead(tuple(self.target_dim(j) for j in self.pretrain_depth), s.compute_dtype)
+    self.pred_head = PredHead(tuple(self.target_dim(j) for j in self.pretrain_depth), layers.compute_dtype(s))
 
   def target_dim(self, depth: int) -> int:
     return targets_lib.target_dim(self.target, self.spec.feature_stride(depth)[1])
@@ -83,7 +120,7 @@ class MaskFeat(mvit.MViT):
       raise ValueError(f"mask temporal size {m.shape[1]} (mask shape {tuple(m.shape)}) must equal the "
                        f"{what} temporal size {grid[0]} (grid {tuple(grid)}): masks are resized spatially "
                        "only; set config.mask.grid[0] accordingly")
-    m = masking.resize_mask(m, tuple(grid[1:]))
+    m = resize_mask(m, tuple(grid[1:]))
     return m.reshape(m.shape[0], -1)
 
   def __call__(self, x, mask, train: bool = False):

@@ -150,6 +150,17 @@ def restore_params(path: str) -> Any:
   return jax.tree.map(lambda x: jax.device_get(x), restored["params"])
 
 
+def save_params(workdir: str, params, step: int = 0) -> str:
+  """WORKDIR/checkpoints/<step>/state = {'params': params}: converted weights in the layout training writes
+  (restore_params reads the params of either)."""
+  directory = checkpoint_dir(workdir)
+  with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=True),
+                             item_handlers={"state": ocp.StandardCheckpointHandler()}) as mngr:
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params})), force=True)
+    mngr.wait_until_finished()
+  return os.path.join(directory, str(step))
+
+
 def _supports_partial() -> bool:
   import inspect
   try:

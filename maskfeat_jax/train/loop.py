@@ -115,32 +115,22 @@ def _check_augment(a):
     raise ValueError(f"config.augment.erase_prob={a.erase_prob}: expected a probability in [0, 1].")
 
 
-def token_grid(config) -> tuple[int, ...]:
-  """Patch-embedding token grid of config.model: input_size // patch_stride ((H, W) for 2-D patches)."""
-  m = config.model
-  grid = tuple(int(i) // int(s) for i, s in zip(m.input_size, m.patch_stride))
-  return grid[1:] if m.patch_2d else grid
-
-
 def check_input_shapes(config):
-  """Clip / crop vs the model's input size, and the mask grid vs its token grid."""
-  m, d = config.model, config.data
-  t, h, w = (int(v) for v in m.input_size)
-  want = (h, w) if m.patch_2d else (t, h, w)
-  have = (d.crop_size, d.crop_size) if (d.image_mode or m.patch_2d) else (d.num_frames, d.crop_size, d.crop_size)
-  if tuple(have) != want:
+  """Clip / crop vs the model's input, and the mask grid vs its token and prediction grids (models.arch)."""
+  from maskfeat_jax.models import arch
+  d = config.data
+  shapes = arch.io_shapes(config)
+  image = d.image_mode
+  if image != shapes.image:
+    raise ValueError(f"config.data.image_mode={image} but config.model.patch_2d={config.model.patch_2d} "
+                     f"({config.model.name}); image data needs a 2-D patch model and video a 3-D one.")
+  have = (d.crop_size, d.crop_size, 3) if image else (d.num_frames, d.crop_size, d.crop_size, 3)
+  if tuple(have) != shapes.pixels:
     raise ValueError(
-        f"The loader makes clips of (frames, height, width) = {have} (config.data.num_frames / crop_size) but "
-        f"config.model.input_size={tuple(m.input_size)} ({m.name}); make them equal.")
-  if m.type == "maskfeat" and config.mask.type != "none":
-    from maskfeat_jax import masking
-    try:
-      masking.check_mask_grid(tuple(config.mask.grid), token_grid(config))
-    except ValueError as e:
-      raise ValueError(
-          f"config.mask.grid={tuple(config.mask.grid)} does not fit the token grid {token_grid(config)} "
-          f"(config.model.input_size {tuple(m.input_size)} / patch_stride {tuple(m.patch_stride)}): {e}. "
-          "Use a mask grid with the same temporal size whose spatial sizes divide the token grid.") from e
+        f"The loader makes clips of {have[:-1]} (config.data.num_frames / crop_size) but "
+        f"config.model.input_size={tuple(config.model.input_size)} ({config.model.name}) takes "
+        f"{shapes.pixels[:-1]}; make them equal.")
+  arch.check_io(config, shapes)
 
 
 def _prepare_data(config, hooks: Hooks):
@@ -153,8 +143,8 @@ def _prepare_data(config, hooks: Hooks):
 def _build_model(config, hooks: Hooks):
   if hooks.model is not None:
     return hooks.model
-  from maskfeat_jax import models
-  return models.build_model(config)
+  from maskfeat_jax.models import factory
+  return factory.build_model(config)
 
 
 def _with_num_classes(config, info):
@@ -174,15 +164,13 @@ def _with_num_classes(config, info):
 
 
 def example_batch(config, batch: int = 1) -> dict:
-  """Zeros shaped like one loader batch (uint8 pixels, uint8 mask, int32 labels)."""
-  d = config.data
-  if d.image_mode:
-    x = np.zeros((batch, d.crop_size, d.crop_size, 3), np.uint8)
-  else:
-    x = np.zeros((batch, d.num_frames, d.crop_size, d.crop_size, 3), np.uint8)
-  out = {step_lib.input_key(config): x, "label": np.zeros((batch,), np.int32)}
+  """Zeros shaped like one loader batch (uint8 pixels, uint8 mask, int32 labels), from models.arch."""
+  from maskfeat_jax.models import arch
+  shapes = arch.io_shapes(config)
+  out = {step_lib.input_key(config): np.zeros((batch,) + shapes.pixels, np.uint8),
+         "label": np.zeros((batch,), np.int32)}
   if config.model.type == "maskfeat":
-    out["mask"] = np.zeros((batch,) + tuple(config.mask.grid), np.uint8)
+    out["mask"] = np.zeros((batch,) + shapes.mask_grid, np.uint8)
   return out
 
 
@@ -271,7 +259,8 @@ def train(config, workdir: str, hooks: Hooks | None = None) -> TrainResult:
   rng = jax.random.PRNGKey(config.seed)
   state, shardings, tx = state_lib.create_train_state(
       init_params_fn(config, model), lambda p: optim.make_optimizer(config, p, schedule), rng, mesh, rules)
-  n_params = state_lib.count_params(state.params)
+  from maskfeat_jax.models import factory
+  n_params = factory.count_params(state.params)
 
   make_it = hooks.make_train_iterator
   if make_it is None:
