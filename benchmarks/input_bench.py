@@ -26,10 +26,10 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from maskfeat_jax.config_defaults import base_config
-from maskfeat_jax.data import convert
+from maskfeat_jax.config import base_config
+from maskfeat_jax.data import build_shards
 from maskfeat_jax.data import pipeline
-from maskfeat_jax.data import tfds_video
+from maskfeat_jax.data import storage
 from maskfeat_jax.data import transforms
 
 FLAGS = flags.FLAGS
@@ -137,11 +137,11 @@ def main(argv):
       path = os.path.join(tmp, f"v{i}.mp4")
       make_video(path, FLAGS.seconds, FLAGS.height, FLAGS.width, i)
       videos.append(path)
-    items = [convert.Item(f"v{i}", p, "a", "train") for i, p in enumerate(videos)]
-    convert.convert(items, os.path.join(tmp, "out"), "bench", ["a"], convert.Options(short_side=320),
+    items = [build_shards.Item(f"v{i}", p, "a", "train") for i, p in enumerate(videos)]
+    build_shards.convert(items, os.path.join(tmp, "out"), "bench", ["a"], build_shards.Options(short_side=320),
                     progress=False)
-    meta = tfds_video.read_meta(tfds_video.dataset_dir(os.path.join(tmp, "out"), "bench"))
-    source = tfds_video.open_source(meta.files("train"))
+    meta = storage.read_meta(storage.dataset_dir(os.path.join(tmp, "out"), "bench"))
+    source = storage.open_source(meta.files("train"))
     print(f"setup (generate + convert {FLAGS.num_videos} videos of {FLAGS.seconds:.0f} s at "
           f"{FLAGS.height}x{FLAGS.width}): {time.perf_counter() - t0:.1f} s")
     mp4_bytes = sum(os.path.getsize(v) for v in videos)

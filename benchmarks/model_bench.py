@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from maskfeat_jax.models import factory
-from maskfeat_jax.config_defaults import base_config
-from maskfeat_jax.models import registry
+from maskfeat_jax.config import base_config
+from maskfeat_jax.models import layouts
 
 OFFICIAL_GMACS = {"maskfeat_mvit_s_16x4_pt": 86.5, "mvit_s_16x4_ft": 71.0, "maskfeat_mvit_l_16x4_pt": 450.4,
                   "mvit_l_16x4_ft": 377.0}
@@ -36,7 +36,7 @@ PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "V
 
 def make_config(name: str, dtype: str = "float32", remat: str = "none"):
   c = base_config()
-  c.model = registry.get_model_config(name)
+  c.model = layouts.get_model_config(name)
   c.model.dtype = dtype
   c.model.remat_policy = remat
   if c.model.patch_2d:
@@ -198,7 +198,7 @@ def _format_row(r) -> str:
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-  p.add_argument("--model", default="maskfeat_mvit_s_16x4_pt", choices=registry.MODEL_NAMES)
+  p.add_argument("--model", default="maskfeat_mvit_s_16x4_pt", choices=layouts.MODEL_NAMES)
   p.add_argument("--batch", type=int, default=1, help="CPU batch")
   p.add_argument("--dtype", default="float32", help="CPU compute dtype (bf16 is slower than fp32 on CPU)")
   p.add_argument("--warmup", type=int, default=1)

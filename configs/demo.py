@@ -5,14 +5,14 @@
 Pre-trains `maskfeat_mvit_tiny` with HOG targets, fine-tunes `mvit_tiny_ft` from it and evaluates it
 (multi-view), then runs the same fine-tuning from scratch (same recipe, same step budget) and prints both
 accuracies side by side. One config tree: `config.demo.pretrain` / `config.demo.finetune` hold what the two
-phases change (loop.phase_config derives the phase configs from it).
+phases change (maskfeat_jax.demo.phase_config derives the phase configs from it).
 
 Variants: `configs/demo.py` (the full demo, <= 10 minutes on a 2-core CPU) and `configs/demo.py:tiny`
 (a few steps of each phase: a smoke test of the whole path).
 """
 import ml_collections
 
-from maskfeat_jax.config_defaults import base_config
+from maskfeat_jax.config import base_config
 
 
 def get_config(arg=None):
@@ -50,9 +50,10 @@ def get_config(arg=None):
   c.keep_checkpoints = 1
   c.log.tensorboard = True
 
-  # Phase 1: MaskFeat pre-training (spec §5.3 video PT recipe, scaled down: AdamW, wd 0.05, clip 0.02).
-  # lr 5e-4: with 1.5e-3 the HOG loss flattened by step 700 and fine-tuning from it reached 17-23% (measured
-  # 2026-11-26), with 5e-4 it reached 36-43%.
+  # Phase 1: MaskFeat pre-training: the official video recipe (SlowFast
+  # configs/masked_ssl/k400_MVITv2_S_16x4_MaskFeat_PT.yaml: AdamW, wd 0.05, clip 0.02), scaled down.
+  # lr 5e-4: a larger lr flattens the HOG loss early and the features transfer worse to fine-tuning
+  # (trials: BENCHMARKS.md, "Demo recipe trials").
   pt = ml_collections.ConfigDict()
   pt.total_steps = 1500
   pt.optim = ml_collections.ConfigDict(dict(
@@ -60,21 +61,20 @@ def get_config(arg=None):
       clip_grad_norm=0.02, weight_decay=0.05, layer_decay=1.0))
   c.demo.pretrain = pt
 
-  # Phase 2: fine-tuning (spec §5.3 video FT recipe, scaled down) -- used both from the pre-trained weights
-  # and from scratch, same recipe and budget. Scaled to a depth-5 model and 1,600 steps (measured on this
-  # dataset, 2026-11-26; details in README "What the demo shows today"):
-  #  - 1,600 steps: at 800, top-1 from one pre-training ranged 22-43% over 3 seeds (not converged); at
-  #    1,600 the whole demo gives 45-61% from MaskFeat and 56-61% from scratch over 3 seeds (README).
+  # Phase 2: fine-tuning: the official video recipe (configs/masked_ssl/k400_MVITv2_S_16x4_FT.yaml) scaled
+  # to a depth-5 model on this dataset; used both from the pre-trained weights and from scratch, same recipe
+  # and budget (trials behind the values: BENCHMARKS.md, "Demo recipe trials"):
+  #  - 1,600 steps: fewer leave fine-tuning unconverged (its accuracy then swings widely across seeds).
   #  - layer decay 0.9 (0.75 over 16 blocks officially), drop path 0.1, label smoothing 0.1, clip 5,
-  #    head init scale 1.0 (0.001 officially: the tiny head then needs far more steps), lr 3e-4 (6e-4 and
-  #    1e-3 learn worse).
+  #    head init scale 1.0 (0.001 officially: the tiny head then needs far more steps), lr 3e-4 (larger
+  #    lrs learn worse).
   #  - RandAugment m3 (m7 officially), 1 op per clip (2), the same op on every frame; only the geometric and
   #    colour ops (augment.randaug_ops): the histogram ops (AutoContrast, Equalize, Invert, Posterize,
   #    Solarize, SolarizeAdd) turn these dark frames' faint ground into full-range noise or flip the bright
-  #    shapes, and with them alone (m7 n2) fine-tuning stayed at chance.
+  #    shapes, which destroys the motion signal.
   #  - random erasing 0.1 (0.25), mixup 0.8 / cutmix 1.0 at batch probability 0.1 (1.0), switch 0.5.
-  #  The tiny model underfits, so these augmentations cost about what they give (seed 0 without them:
-  #  59.4% / 60.6%, with them 48.1% / 60.6%); they are on so that the demo runs the whole recipe.
+  #  The tiny model underfits, so these regularising augmentations do not help it; they are on so that the
+  #  demo runs the whole recipe.
   ft = ml_collections.ConfigDict()
   ft.total_steps = 1600
   ft.model = ml_collections.ConfigDict(dict(name="mvit_tiny_ft", num_classes=8, drop_path_rate=0.1,

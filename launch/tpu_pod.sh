@@ -3,7 +3,7 @@
 #
 # Usage:
 #   launch/tpu_pod.sh TPU_NAME ZONE CONFIG WORKDIR [extra main.py flags...]
-#   launch/tpu_pod.sh my-v4-64 us-central2-b configs/k400_mvit_s_16x4_pretrain.py /mnt/gcs/runs/s_pt
+#   launch/tpu_pod.sh my-v4-64 us-central2-b configs/k400_pretrain.py:S /mnt/gcs/runs/s_pt
 # Environment read here:
 #   PROJECT        GCP project (default: gcloud's configured project)
 #   SETUP=0        skip copying the repo and running launch/tpu_setup.sh on the workers

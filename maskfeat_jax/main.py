@@ -78,11 +78,12 @@ def main(argv):
   config = _CONFIG.value
   workdir = _check_workdir(_WORKDIR.value)
   logging.info("mode=%s workdir=%s", config.mode, workdir)
-  from maskfeat_jax.train import loop  # pylint: disable=g-import-not-at-top  (flags parsed: Grain workers)
-  from maskfeat_jax.train import metrics  # pylint: disable=g-import-not-at-top
+  # After flag parsing: Grain's worker processes read the parsed flags.
+  from maskfeat_jax import run as run_lib  # pylint: disable=g-import-not-at-top
+  from maskfeat_jax.train import logger  # pylint: disable=g-import-not-at-top
   try:
-    result = loop.run(config, workdir)
-  except metrics.TrainingDiverged as e:
+    result = run_lib.run(config, workdir)
+  except logger.TrainingDiverged as e:
     raise SystemExit(f"ERROR: {e}") from e
   status = getattr(result, "status", "done")
   if status == "preempted":

@@ -1,9 +1,27 @@
-"""Building blocks shared by the official recipe configs in `configs/` (spec §5.3-§5.4).
+"""Building blocks shared by the official recipe configs in `configs/`.
 
-Each config file keeps its own optimiser, schedule and model values written out (they differ per
-experiment and `tests/test_recipes.py` checks them against the spec table); the data and augmentation
-settings that are the same across the Kinetics or the ImageNet recipes live here once.
+Each config file (one per dataset x stage: `k400_pretrain.py`, `k400_finetune.py`, `in1k_pretrain.py`,
+`in1k_finetune.py`) keeps its optimiser, schedule and model values written out per size, each with its
+official SlowFast YAML file named (`tests/test_configs.py` checks them); what is the same across the
+Kinetics or the ImageNet recipes lives here once: the loaders, the fine-tuning augmentation, the `,local`
+variants and the parsing of the `SIZE[,local]` argument.
 """
+from maskfeat_jax.models import layouts
+
+
+def parse_arg(file: str, arg, sizes: tuple[str, ...]) -> tuple[str, bool]:
+  """A recipe file's `get_config(arg)`: 'SIZE' or 'SIZE,local' -> (size, local); no arg = sizes[0].
+
+  Raises ValueError naming `file` and the known args for anything else.
+  """
+  if arg is None or arg == "":
+    return sizes[0], False
+  known = tuple(sizes) + tuple(f"{s},local" for s in sizes)
+  if arg not in known:
+    raise ValueError(f"{file}:{arg}: unknown argument; known: {', '.join(known)} "
+                     f"(no argument = {sizes[0]}).")
+  size, _, local = arg.partition(",")
+  return size, bool(local)
 
 
 def kinetics_clips(c, rrc_scale, num_sample: int = 1) -> None:
@@ -43,3 +61,42 @@ def finetune_augment(c, randaug: str) -> None:
   a.erase_prob = 0.25
   a.mixup_alpha, a.cutmix_alpha, a.mixup_prob, a.switch_prob = 0.8, 1.0, 1.0, 0.5
   a.label_smoothing = 0.1
+
+
+# ---- `,local` variants: the recipe, shrunk to run on one host (a smoke run of the full path) ----
+# The reference batch stays the recipe's, so the lr scales down linearly with the smaller batch.
+
+
+def _local_schedule(c, batch_size: int, total_steps: int, warmup_steps: int) -> None:
+  c.batch_size = batch_size
+  c.epochs = 0.0
+  c.total_steps = total_steps
+  c.optim.warmup_epochs = 0.0
+  c.optim.warmup_steps = warmup_steps
+  c.log_every_steps = 20
+  c.checkpoint_every_steps = 100
+
+
+def kinetics_local(c, model: str) -> None:
+  """Kinetics `,local`: the tiny MViT layout `model` on the embedded synthetic_motion clips (64x80; runs on a
+  CPU), 16 frames at 64², batch 8 for 300 steps."""
+  c.model = layouts.get_model_config(model)
+  d = c.data
+  d.name = "synthetic_motion"
+  d.sampling_rate = 2  # 16 frames spanning the 32-frame synthetic clips
+  d.crop_size = 64
+  d.train_jitter_scales = (64, 80)
+  d.test_short_side = 64
+  d.num_workers = 0
+  _local_schedule(c, batch_size=8, total_steps=300, warmup_steps=30)
+
+
+# Width and heads of the 4-block ViT/16 (at 224², on the same data) standing in for each size.
+IMAGENET_LOCAL_VIT = {"B": (192, 3), "L": (256, 4)}
+
+
+def imagenet_local(c, size: str) -> None:
+  """ImageNet `,local`: a 4-block ViT/16 (IMAGENET_LOCAL_VIT[size]) on the same data, batch 32, 200 steps."""
+  width, heads = IMAGENET_LOCAL_VIT[size]
+  c.model.embed_dim, c.model.depth, c.model.num_heads = width, 4, heads
+  _local_schedule(c, batch_size=32, total_steps=200, warmup_steps=20)

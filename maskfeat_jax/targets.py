@@ -4,15 +4,16 @@ Everything here is jittable, scatter-free and wrapped in `stop_gradient`. Inputs
 images `[..., H, W, 3]`, clips `[B, T, H, W, 3]`. The targets are meant to be computed from the RAW pixel
 values (uint8, or float 0-255): HOG is computed and L2-normalised per colour channel and its kernels sum to
 zero, so a per-channel mean/std normalisation would not change it in exact arithmetic, while on raw integer
-values the formulation below is exact in float32 (spec §1 "Flat regions and rounding"): flat cells give an
-all-zero target and edges are binned by their true orientation.
+values the formulation below is exact in float32 (integer differences and their [1, 2, 1] sums are exact,
+whereas `slowfast/models/operators.py::HOGLayerC` convolves the normalised float input, where a zero gradient
+rounds to a tiny residue of random sign): flat cells give an all-zero target and edges are binned by their
+true orientation.
 
-HOG, per channel (spec §1): reflect-pad 1 px; gx = left - right column, gy = top - bottom row, each smoothed
-with [1, 2, 1] across the other axis (the official negative-Sobel cross-correlation); magnitude
-sqrt(gx² + gy²); bin = floor(atan2(gx, gy) / pi * nbins) mod nbins (unsigned orientation, hard assignment;
-computed by comparisons, see `_orientation_bins`);
-optional Gaussian weighting of the magnitudes; sums over non-overlapping cells; L2 over the bins of each
-(channel, cell) with eps 1e-12.
+HOG, per channel (as `slowfast/models/operators.py::HOGLayerC`): reflect-pad 1 px; gx = left - right column,
+gy = top - bottom row, each smoothed with [1, 2, 1] across the other axis (the official negative-Sobel
+cross-correlation); magnitude sqrt(gx² + gy²); bin = floor(atan2(gx, gy) / pi * nbins) mod nbins (unsigned
+orientation, hard assignment; computed by comparisons, see `_orientation_bins`); optional Gaussian weighting
+of the magnitudes; sums over non-overlapping cells; L2 over the bins of each (channel, cell) with eps 1e-12.
 """
 import functools
 import math
@@ -25,10 +26,11 @@ import numpy as np
 _L2_EPS = 1e-12  # F.normalize default, as the official code uses.
 _PIXEL_EPS = 1e-6  # official pixel-target normalisation: (x - mean) / sqrt(var + 1e-6).
 
-# XLA:CPU (jaxlib 0.10) hands float reductions to a YNNPACK "reduce fusion", which cannot absorb the
-# one-hot compare: it materialises the 9x-expanded [..., H, W, 9] tensor and runs ~3x slower than XLA's
-# own fused compare-and-sum. On CPU, pass these to `jax.jit(..., compiler_options=...)` of the function
-# that computes the targets (benchmarks/hog_bench.py measures both). Not needed (nor valid) on GPU/TPU.
+# XLA:CPU hands float reductions to a YNNPACK "reduce fusion", which cannot absorb the one-hot compare: it
+# materialises the 9x-expanded [..., H, W, 9] tensor instead of fusing compare-and-sum as XLA's own
+# reductions do, and is much slower (figures in BENCHMARKS.md, "HOG target on CPU"). On CPU, pass these to
+# `jax.jit(..., compiler_options=...)` of the function that computes the targets (benchmarks/hog_bench.py
+# times both). Not needed (nor valid) on GPU/TPU.
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
@@ -202,7 +204,9 @@ def _check_rank(x: jax.Array, what: str) -> None:
                                              "gaussian_window"))
 def hog_token_targets(x: jax.Array, feature_stride: int = 16, temporal_stride: int = 2, nbins: int = 9,
                       cell_size: int = 8, gaussian_window: int = 0) -> jax.Array:
-  """Per-token HOG targets on the prediction grid (spec §1.1).
+  """Per-token HOG targets on the prediction grid.
+
+  As `slowfast/models/masked.py::MaskMViT._get_hog_label_2d` (images) / `_get_hog_label_3d` (clips).
 
   Args:
     x: raw pixels, image batch [B,H,W,3] or clip batch [B,T,H,W,3] (uint8 or float 0-255).
@@ -235,7 +239,7 @@ def hog_token_targets(x: jax.Array, feature_stride: int = 16, temporal_stride: i
 
 @functools.partial(jax.jit, static_argnames=("feature_stride", "temporal_stride"))
 def pixel_token_targets(x: jax.Array, feature_stride: int = 16, temporal_stride: int = 2) -> jax.Array:
-  """Per-token normalised pixel targets (spec §3 "Pixel target").
+  """Per-token normalised pixel targets (`slowfast/models/masked.py::MaskMViT._get_pixel_label_2d/3d`).
 
   Each token's vector is standardised over its own elements: (v - mean) / sqrt(var + 1e-6) with the
   UNBIASED variance (torch.var default). Vector orders follow the official code so that its pixel heads

@@ -2,15 +2,16 @@
 import json
 import os
 import pathlib
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from maskfeat_jax import main as main_lib
-from maskfeat_jax.train import loop
+from maskfeat_jax import run as run_lib
+from maskfeat_jax.config import load_config
+from maskfeat_jax.models import factory
+from maskfeat_jax import demo as demo_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 _ENV = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -45,8 +46,7 @@ def test_distributed_detection():
 
 
 def _pretrain_config(**changes):
-  from configs import demo  # pylint: disable=import-outside-toplevel
-  c = loop.phase_config(demo.get_config("tiny"), "pretrain")
+  c = demo_lib.phase_config(load_config("configs/demo.py:tiny"), "pretrain")
   for k, v in changes.items():
     node = c
     *path, last = k.split(".")
@@ -61,7 +61,7 @@ def no_compile(monkeypatch):
   """Fails the test if anything reaches model building / compilation."""
   def boom(*a, **k):
     raise AssertionError("reached model building: the config error was not caught before compilation")
-  monkeypatch.setattr(loop, "_build_model", boom)
+  monkeypatch.setattr(factory, "build_model", boom)
 
 
 @pytest.mark.parametrize("changes,match", [
@@ -73,23 +73,20 @@ def no_compile(monkeypatch):
     ({"model.type": "classifier"}, "model.type='maskfeat'"),
 ])
 def test_config_errors_before_compilation(tmp_path, no_compile, changes, match):
-  sys.path.insert(0, str(REPO))
   c = _pretrain_config(**changes)
   if "data.name" in changes:
     c.data.data_dir = str(tmp_path / "data")
   with pytest.raises((ValueError, FileNotFoundError), match=match):
-    loop.run(c, str(tmp_path / "w"))
+    run_lib.run(c, str(tmp_path / "w"))
   assert not (tmp_path / "w" / "checkpoints").exists()
 
 
 def test_demo_checks_the_finetuning_phase_before_pretraining(tmp_path, no_compile):
   """A bad fine-tuning setting of the demo fails at once, not after minutes of pre-training."""
-  sys.path.insert(0, str(REPO))
-  from configs import demo  # pylint: disable=import-outside-toplevel
-  c = demo.get_config("tiny")
+  c = load_config("configs/demo.py:tiny")
   c.demo.finetune.augment.randaug_ops = ("Rotate", "Zoom")
   with pytest.raises(ValueError, match="unknown op"):
-    loop.run(c, str(tmp_path / "w"))
+    run_lib.run(c, str(tmp_path / "w"))
   assert not (tmp_path / "w" / "pretrain").exists()
 
 

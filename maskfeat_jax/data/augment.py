@@ -1,8 +1,8 @@
 """Host-side fine-tuning augmentation: RandAugment and random erasing (numpy / Pillow, uint8 in, uint8 out).
 
 Semantics follow timm's `rand_augment_transform` / `RandomErasing` as used by SlowFast for MaskFeat fine-tuning
-(spec §5.3–§5.4), re-implemented on numpy Generators so that a (seed, epoch, index)-seeded Generator
-reproduces the same augmentation after a resume:
+(`slowfast/datasets/rand_augment.py`, `slowfast/datasets/random_erasing.py`), re-implemented on numpy
+Generators so that a (seed, epoch, index)-seeded Generator reproduces the same augmentation after a resume:
 
 RandAugment (`'rand-m7-mstd0.5-inc1'` video, `'rand-m9-mstd0.5-inc1'` images):
   - `num_layers` ops drawn uniformly *with* replacement from the 15-op list (the 'inc1' list uses the
@@ -26,12 +26,11 @@ the *normalised* tensor with N(0, 1) noise (independent per frame and pixel); in
 `255·(mean + std·N(0, 1))`, rounded and clipped to [0, 255] — the rounding error is ≤ 0.5/255/std ≈ 0.009 in
 normalised units; clipping only touches |z| > 2 (mean 0.45, std 0.225), i.e. ~2.3% of the noise values.
 
-Host vs device (benchmarks/augment_bench.py, one core of a shared 2-core CPU, 2026-11-26): RandAugment
-'rand-m7-mstd0.5-inc1' costs 19 ms per 16x224² clip (53 clips/s; 32 ms at 256x340), about the cost of decoding
-the clip's 16 JPEG frames (20 ms); pixel-mode erasing 7 ms (p = 1; the recipe's 0.25 averages ~2 ms). So the
-augmentation runs on the host, in the Grain workers that already decode: exact PIL semantics (bicubic affine
-with fill, per-frame histograms for Equalize / AutoContrast) and no device time. It doubles the per-clip CPU
-cost of fine-tuning input; if a run is input-bound, that is the place to port ops to the device.
+Host vs device: per clip, RandAugment costs about as much CPU as decoding the clip's JPEG frames, and erasing
+far less (benchmarks/augment_bench.py; figures in BENCHMARKS.md, "Fine-tuning augmentation on the host"). So
+the augmentation runs on the host, in the Grain workers that already decode: exact PIL semantics (bicubic
+affine with fill, per-frame histograms for Equalize / AutoContrast) and no device time. It about doubles the
+per-clip CPU cost of fine-tuning input; if a run is input-bound, that is the place to port ops to the device.
 """
 from __future__ import annotations
 

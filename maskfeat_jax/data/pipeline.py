@@ -28,10 +28,16 @@ import math
 import threading
 from typing import Any, Iterator
 
-from absl import logging
+import grain
+import ml_collections
 import numpy as np
+from absl import logging
+from PIL import Image
 
-from maskfeat_jax.data import tfds_video
+from maskfeat_jax.data import augment
+from maskfeat_jax.data import masking
+from maskfeat_jax.data import storage
+from maskfeat_jax.data import synthetic
 from maskfeat_jax.data import transforms
 
 SYNTHETIC_NAME = "synthetic_motion"
@@ -50,21 +56,20 @@ class DatasetInfo:
 
 
 # ----------------------------------------------------------------------------------------------- dataset
-def _load_meta(config) -> tfds_video.DatasetMeta:
+def _load_meta(config) -> storage.DatasetMeta:
   data = config.data
   if data.name == SYNTHETIC_NAME:
     # Always this code's version (generated on first use): an older cached copy holds other content and
     # must not be picked up as the "newest".
-    from maskfeat_jax.data import synthetic  # pylint: disable=g-import-not-at-top
     ds_dir = synthetic.generate(data.data_dir)
   else:
-    ds_dir = tfds_video.find_dataset_dir(data.data_dir, data.name)
+    ds_dir = storage.find_dataset_dir(data.data_dir, data.name)
   if ds_dir is None:
     raise FileNotFoundError(
         f"Dataset {data.name!r} not found under config.data.data_dir={data.data_dir!r} (looked for "
         f"{data.data_dir}/{data.name}/<version>/dataset_info.json). Convert videos with "
-        "`python -m maskfeat_jax.data.convert`, or set config.data.name / config.data.data_dir.")
-  meta = tfds_video.read_meta(ds_dir)
+        "`python -m maskfeat_jax.data.build_shards`, or set config.data.name / config.data.data_dir.")
+  meta = storage.read_meta(ds_dir)
   if meta.image_mode != bool(data.image_mode):
     kind = "an image" if meta.image_mode else "a video"
     raise ValueError(f"Dataset {data.name!r} at {ds_dir} is {kind} dataset but config.data.image_mode="
@@ -141,7 +146,7 @@ class _Records:
 
   def _get(self):
     if self._source is None:
-      self._source = tfds_video.open_source(self.files)
+      self._source = storage.open_source(self.files)
     return self._source
 
   def __getitem__(self, index: int) -> bytes:
@@ -185,7 +190,7 @@ class _Failures:
 def _decode_frames(frames_jpeg, indices: np.ndarray) -> np.ndarray:
   """Decodes only the needed frames (each once) -> uint8 [len(indices), H, W, 3]."""
   unique, inverse = np.unique(indices, return_inverse=True)
-  decoded = [tfds_video.decode_image(frames_jpeg[i]) for i in unique]
+  decoded = [storage.decode_image(frames_jpeg[i]) for i in unique]
   shape = decoded[0].shape
   for i, frame in zip(unique, decoded):
     if frame.shape != shape:
@@ -194,8 +199,6 @@ def _decode_frames(frames_jpeg, indices: np.ndarray) -> np.ndarray:
 
 
 def _mask_generator(spec: _Spec):
-  from maskfeat_jax import masking  # pylint: disable=g-import-not-at-top
-  import ml_collections  # pylint: disable=g-import-not-at-top
   return masking.build_mask_generator(ml_collections.ConfigDict(spec.mask))
 
 
@@ -261,7 +264,6 @@ def _augment(spec: _Spec, x: np.ndarray, rng: np.random.Generator) -> np.ndarray
   """
   if not spec.randaug and spec.erase_prob <= 0:
     return x
-  from maskfeat_jax.data import augment  # pylint: disable=g-import-not-at-top
   if spec.randaug:
     if x.ndim == 3:
       x = augment.rand_augment_image(x, rng, spec.randaug, spec.randaug_num_layers,
@@ -274,7 +276,7 @@ def _augment(spec: _Spec, x: np.ndarray, rng: np.random.Generator) -> np.ndarray
 
 
 def _video_train(spec: _Spec, record: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
-  parsed = tfds_video.parse_video_record(record)
+  parsed = storage.parse_video_record(record)
   frames = parsed["frames"]
   index_sets = [transforms.temporal_indices(len(frames), parsed["fps"], spec.num_frames, spec.sampling_rate,
                                             spec.target_fps, rng=rng) for _ in range(spec.num_sample)]
@@ -292,8 +294,8 @@ def _video_train(spec: _Spec, record: bytes, rng: np.random.Generator) -> dict[s
 
 
 def _image_train(spec: _Spec, record: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
-  parsed = tfds_video.parse_image_record(record)
-  image = tfds_video.decode_image(parsed["image"])
+  parsed = storage.parse_image_record(record)
+  image = storage.decode_image(parsed["image"])
   images = []
   for _ in range(spec.num_sample):
     crop = _image_rrc(image, spec, rng)
@@ -303,7 +305,6 @@ def _image_train(spec: _Spec, record: bytes, rng: np.random.Generator) -> dict[s
 
 def _image_rrc(image: np.ndarray, spec: _Spec, rng: np.random.Generator) -> np.ndarray:
   """Image pre-training crop as timm's RandomResizedCropAndInterpolation(bicubic) + flip (PIL resampling)."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   h, w = image.shape[:2]
   top, left, ch, cw = transforms.random_resized_crop_box(h, w, spec.rrc_scale, spec.rrc_aspect, rng)
   out = Image.fromarray(image).resize((spec.crop_size, spec.crop_size), Image.BICUBIC,
@@ -330,7 +331,6 @@ def _check_batch(config, process_count: int) -> int:
 
 
 def _read_options(config, elements_per_batch: int):
-  import grain  # pylint: disable=g-import-not-at-top
   return grain.ReadOptions(num_threads=2,
                            prefetch_buffer_size=max(1, config.data.prefetch_buffer_size * elements_per_batch))
 
@@ -340,7 +340,6 @@ def make_train_iterator(config, *, process_index: int = 0, process_count: int = 
 
   A saved state restores only into an iterator built with the same config (seed, batch size, num_workers).
   """
-  import grain  # pylint: disable=g-import-not-at-top
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} outside [0, {process_count})")
   local_batch = _check_batch(config, process_count)
@@ -387,7 +386,7 @@ class _EvalMap:
 
 
 def _video_eval(spec: _Spec, record: bytes):
-  parsed = tfds_video.parse_video_record(record)
+  parsed = storage.parse_video_record(record)
   frames = parsed["frames"]
   crops = transforms.spatial_indices(spec.num_crops)
   index_sets = [transforms.temporal_indices(len(frames), parsed["fps"], spec.num_frames, spec.sampling_rate,
@@ -405,9 +404,8 @@ def _video_eval(spec: _Spec, record: bytes):
 
 def _image_eval(spec: _Spec, record: bytes):
   """timm eval: bicubic resize of the short side to test_short_side, centre crop (PIL)."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  parsed = tfds_video.parse_image_record(record)
-  image = tfds_video.decode_image(parsed["image"])
+  parsed = storage.parse_image_record(record)
+  image = storage.decode_image(parsed["image"])
   h, w = image.shape[:2]
   rh, rw = transforms.short_side_size(h, w, spec.test_short_side)
   resized = np.asarray(Image.fromarray(image).resize((rw, rh), Image.BICUBIC))
@@ -463,7 +461,6 @@ class EvalIterator:
 def make_eval_iterator(config, split: str, *, process_index: int = 0, process_count: int = 1,
                        batch_size: int | None = None) -> EvalIterator:
   """Finite iterator over all views of `split` for this process (see module docstring)."""
-  import grain  # pylint: disable=g-import-not-at-top
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} outside [0, {process_count})")
   batch_size = int(batch_size or config.eval.batch_size)

@@ -10,11 +10,11 @@ Everything a single frame shows -- ground colour and texture, the shapes, their 
 start angle, speed and zoom range -- is drawn independently of the class, so one frame alone carries (almost) no
 class information; a model has to look at how frames change.
 
-Why this design (measured while tuning the demo, 2026-11): version 1.0.0 moved ONE object of random colour over
-a random-colour texture; a tiny MViT (and a conv stem with mean pooling) stayed at chance for thousands of
-steps, because the evidence sat in a few tokens and its sign flipped with the random contrast. Here every
-token sees the same motion, and bright-on-dark shapes give every edge the same contrast polarity, so a
-spatio-temporal filter that detects one direction detects it everywhere.
+Why this design: a tiny model cannot learn motion whose evidence sits in a few tokens and flips sign with a
+random contrast, which is what version 1.0.0 (ONE object of random colour over a random-colour texture) asked
+of it (BENCHMARKS.md, "synthetic_motion: why version 2"). Here every token sees the same motion, and
+bright-on-dark shapes give every edge the same contrast polarity, so a spatio-temporal filter that detects
+one direction detects it everywhere.
 
 The scene is evaluated analytically at each frame's camera coordinates (no resampling), so every frame is
 sharp. The dataset is deterministic from `seed` and written once, through the same writer as the converter,
@@ -30,7 +30,7 @@ import uuid
 from absl import logging
 import numpy as np
 
-from maskfeat_jax.data import tfds_video
+from maskfeat_jax.data import storage
 
 NAME = "synthetic_motion"
 # 2.0.0: camera motion over bright shapes on a dark ground (1.0.0: one object of random contrast).
@@ -140,7 +140,7 @@ def _records(seed: int, split: str, indices, serializer, quality: int):
   for index in indices:
     label = label_of(index)
     clip = render_clip(clip_rng(seed, split, index), label)
-    frames = [tfds_video.encode_jpeg(f, quality) for f in clip]
+    frames = [storage.encode_jpeg(f, quality) for f in clip]
     yield serializer(frames, label, f"{split}_{index:05d}", FPS)
 
 
@@ -150,7 +150,7 @@ def generate(data_dir: str | os.PathLike, seed: int = 0, quality: int = 90) -> p
   Written into a private temporary directory and renamed into place, so concurrent first uses (several test
   workers or JAX processes on one host) never see a half-written dataset.
   """
-  final = tfds_video.dataset_dir(data_dir, NAME, VERSION)
+  final = storage.dataset_dir(data_dir, NAME, VERSION)
   if (final / "dataset_info.json").is_file():
     return final
   # stdout, not only the log: main hides INFO logs, and a silent ~20 s pause on first use looks like a hang.
@@ -160,16 +160,16 @@ def generate(data_dir: str | os.PathLike, seed: int = 0, quality: int = 90) -> p
   tmp = final.parent / f".tmp-{uuid.uuid4().hex}"
   tmp.mkdir()
   try:
-    serializer = tfds_video.VideoExampleSerializer(CLASS_NAMES)
+    serializer = storage.VideoExampleSerializer(CLASS_NAMES)
     lengths = {}
     for split, (num_clips, num_shards) in SPLITS.items():
       lengths[split] = []
       per_shard = -(-num_clips // num_shards)
       for shard in range(num_shards):  # contiguous: records are in clip-index order across the shards
         indices = range(shard * per_shard, min(num_clips, (shard + 1) * per_shard))
-        path = tmp / tfds_video.shard_filename(NAME, split, shard, num_shards)
-        lengths[split].append(tfds_video.write_shard(path, _records(seed, split, indices, serializer, quality)))
-    tfds_video.write_dataset_info(tmp, NAME, CLASS_NAMES, lengths, version=VERSION, description=__doc__)
+        path = tmp / storage.shard_filename(NAME, split, shard, num_shards)
+        lengths[split].append(storage.write_shard(path, _records(seed, split, indices, serializer, quality)))
+    storage.write_dataset_info(tmp, NAME, CLASS_NAMES, lengths, version=VERSION, description=__doc__)
     try:
       os.rename(tmp, final)
     except OSError:

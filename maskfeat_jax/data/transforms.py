@@ -1,4 +1,7 @@
-"""Host-side clip sampling as the official SlowFast Kinetics loader does it (spec §5.4), in numpy.
+"""Host-side clip sampling as the official SlowFast Kinetics loader does it, in numpy.
+
+Temporal sampling mirrors `slowfast/datasets/decoder.py::get_start_end_idx` / `temporal_sampling`, spatial
+sampling `slowfast/datasets/utils.py::spatial_sampling` (with the crops of `slowfast/datasets/transform.py`).
 
 Temporal: a clip spans `num_frames * sampling_rate` frames at `target_fps`, i.e. that many seconds' worth of
 source frames; `num_frames` indices are `linspace(start, start + span - 1)` truncated to int and clamped to the

@@ -2,7 +2,7 @@
 
 `arch_spec(config.model)` mirrors `slowfast/models/video_model_builder.py::MViT.__init__`: per-block widths,
 heads, pooling kernels/strides and rel-pos table sizes (round_width, adaptive KV strides, DIM_MUL_IN_ATT
-layouts). The spec is hashable, so Flax modules holding it stay cheap to re-trace.
+layouts). An `ArchSpec` is hashable, so Flax modules holding it stay cheap to re-trace.
 
 `io_shapes(config)` is the one place the input shape, the patch-token grid and the prediction grids are
 derived (conv arithmetic, as the official asserts). The config check, the example batch the state is
@@ -161,7 +161,7 @@ def _multipliers(entries, depth: int, what: str) -> list:
 
 
 def arch_spec(m: Any, num_blocks: Optional[int] = None) -> ArchSpec:
-  """Resolves `config.model` into an ArchSpec (mirrors `MViT.__init__`, spec §4.4).
+  """Resolves `config.model` into an ArchSpec (mirrors `video_model_builder.py::MViT.__init__`).
 
   Args:
     m: the `config.model` section (registry schema).

@@ -1,11 +1,12 @@
 """Builds the Flax module of a config and inspects it without allocating: `build_model(config)`,
-`example_inputs`, `param_shapes`, `count_params`."""
+`example_batch`, `example_inputs`, `param_shapes`, `count_params`."""
 from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
+import numpy as np
 
+from maskfeat_jax.config import input_key
 from maskfeat_jax.models import arch
 from maskfeat_jax.models.classifier import Classifier
 from maskfeat_jax.models.maskfeat import MaskFeat, TargetSpec
@@ -27,13 +28,21 @@ def build_model(config: Any):
   raise ValueError(f"config.model.type={m.type!r}; expected 'maskfeat' or 'classifier'")
 
 
+def example_batch(config: Any, batch_size: int = 1) -> dict:
+  """Zeros shaped like one loader batch (uint8 pixels, uint8 mask, int32 labels), from models.arch."""
+  shapes = arch.io_shapes(config)
+  out = {input_key(config): np.zeros((batch_size,) + shapes.pixels, np.uint8),
+         "label": np.zeros((batch_size,), np.int32)}
+  if config.model.type == "maskfeat":
+    out["mask"] = np.zeros((batch_size,) + shapes.mask_grid, np.uint8)
+  return out
+
+
 def example_inputs(config: Any, batch_size: int = 1) -> tuple:
-  """Zero inputs of the right shapes for `model.init` / `jax.eval_shape`: (x,) or (x, mask)."""
-  s = arch.io_shapes(config)
-  x = jnp.zeros((batch_size,) + s.pixels, jnp.uint8)
-  if config.model.type != "maskfeat":
-    return (x,)
-  return x, jnp.zeros((batch_size,) + s.mask_grid, jnp.uint8)
+  """The model's inputs of one batch of zeros, for `model.init` / `jax.eval_shape`: (x,) or (x, mask)."""
+  ex = example_batch(config, batch_size)
+  x = ex[input_key(config)]
+  return (x, ex["mask"]) if config.model.type == "maskfeat" else (x,)
 
 
 def param_shapes(config: Any, model=None) -> Any:

@@ -26,7 +26,8 @@ def compute_dtype(spec: ArchSpec):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Initialisers (spec §4.7) and layer factories with logical axis names.
+# Initialisers (`slowfast/models/video_model_builder.py::MViT._init_weights`) and layer factories with
+# logical axis names.
 # ----------------------------------------------------------------------------------------------------------
 def trunc_normal(std: float = 0.02, bound: float = 2.0) -> Callable:
   """torch.nn.init.trunc_normal_(std=std, a=-bound, b=bound): bounds are absolute, not in stds."""
@@ -231,7 +232,7 @@ class Mlp(nn.Module):
 
 
 class MultiScaleAttention(nn.Module):
-  """Pooling attention, mode conv/max/avg, POOL_FIRST False, fused qkv (spec §4.3)."""
+  """`slowfast/models/attention.py::MultiScaleAttention`: mode conv/max/avg, POOL_FIRST False, fused qkv."""
   spec: ArchSpec
   block: BlockSpec
 
@@ -297,7 +298,7 @@ class MultiScaleAttention(nn.Module):
 
 
 class MultiScaleBlock(nn.Module):
-  """MultiScaleBlock (attention.py), both DIM_MUL_IN_ATT layouts (spec §4.2)."""
+  """`slowfast/models/attention.py::MultiScaleBlock`, both DIM_MUL_IN_ATT layouts."""
   spec: ArchSpec
   block: BlockSpec
 

@@ -1,7 +1,7 @@
 """Mixup / CutMix with label smoothing, batch mode, in jnp (jittable; runs inside the fine-tuning step).
 
-Semantics of timm's / SlowFast's `Mixup` in batch mode (spec §5.3: mixup 0.8, cutmix 1.0, switch 0.5,
-label smoothing 0.1, prob 1.0):
+Semantics of timm's `Mixup` in batch mode, as SlowFast's `slowfast/datasets/mixup.py::MixUp` uses it (video
+fine-tuning recipe: mixup 0.8, cutmix 1.0, switch 0.5, label smoothing 0.1, prob 1.0):
   - with probability `prob` the batch is mixed; then CutMix is chosen with probability `switch_prob` when both
     alphas are > 0 (only one of them > 0: always that one); lam ~ Beta(alpha, alpha) of the chosen method.
   - every example i is paired with example B−1−i (the batch flipped along axis 0).
@@ -21,29 +21,7 @@ from typing import Optional, Tuple
 import jax
 import jax.numpy as jnp
 
-
-def smooth_labels(labels: jax.Array, num_classes: int, smoothing: float = 0.0) -> jax.Array:
-  """Integer labels [B] → label-smoothed one-hot [B, K] (off = s/K, on = 1 − s + s/K), float32."""
-  off = smoothing / num_classes
-  return jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) * (1.0 - smoothing) + off
-
-
-def soft_cross_entropy(logits: jax.Array, soft_targets: jax.Array, reduction: str = "mean") -> jax.Array:
-  """Cross-entropy with soft targets, computed in float32: −Σ_k t_k log softmax(logits)_k.
-
-  Args:
-    logits: [B, K].
-    soft_targets: [B, K] (rows sum to 1).
-    reduction: 'mean' (a scalar, as timm's SoftTargetCrossEntropy) or 'none' ([B]).
-  """
-  if logits.shape != soft_targets.shape:
-    raise ValueError(f"soft_cross_entropy: logits {logits.shape} and targets {soft_targets.shape} differ.")
-  losses = -jnp.sum(soft_targets.astype(jnp.float32) * jax.nn.log_softmax(logits.astype(jnp.float32)), -1)
-  if reduction == "mean":
-    return jnp.mean(losses)
-  if reduction == "none":
-    return losses
-  raise ValueError(f"soft_cross_entropy: reduction={reduction!r}, expected 'mean' or 'none'.")
+from maskfeat_jax.train.losses import smooth_labels
 
 
 def _cutmix_box(rng: jax.Array, lam: jax.Array, height: int, width: int) -> Tuple[jax.Array, jax.Array]:

@@ -1,4 +1,7 @@
-"""Optimizer and learning-rate schedule as in the official SlowFast solver (spec §5.2).
+"""Optimizer and learning-rate schedule as in the official SlowFast solver.
+
+Mirrors `slowfast/models/optimizer.py::construct_optimizer` (weight-decay groups, layer decay) and
+`slowfast/utils/lr_policy.py` (warmup + cosine, per iteration):
 
 - AdamW (decoupled weight decay applied with the group lr, as `torch.optim.AdamW`).
 - lr = base_lr x batch_size / reference_batch (start_lr and end_lr scaled the same way), linear warmup from

@@ -9,23 +9,20 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P
 import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from maskfeat_jax import targets
-
+from maskfeat_jax.config import input_key
+from maskfeat_jax.train import losses
+from maskfeat_jax.train import mixup
 from maskfeat_jax.train import state as state_lib
 
 LossFn = Callable[[Any, dict, jax.Array], tuple[jax.Array, dict]]
 
 
-def input_key(config) -> str:
-  return "image" if config.data.image_mode else "video"
-
-
-def pretrain_loss_fn(config, model) -> LossFn:
+def pretrain_loss_fn(model, key: str) -> LossFn:
   """MaskFeat loss: the model computes the HOG target from the raw pixels and the masked MSE."""
-  key = input_key(config)
 
   def loss_fn(params, batch, rng):
     out = model.apply({"params": params}, batch[key], batch["mask"], train=True, rngs={"dropout": rng})
@@ -33,34 +30,30 @@ def pretrain_loss_fn(config, model) -> LossFn:
   return loss_fn
 
 
-def soft_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
-  """Mean over the batch of -sum(targets * log_softmax(logits)) (official SoftTargetCrossEntropy)."""
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  return -jnp.mean(jnp.sum(targets * logp, axis=-1))
-
-
-def _uses_mixup(config) -> bool:
-  return config.augment.mixup_alpha > 0 or config.augment.cutmix_alpha > 0
-
-
-def finetune_loss_fn(config, model, num_classes: int) -> LossFn:
+def finetune_loss_fn(model, key: str, num_classes: int, augment) -> LossFn:
   """Soft-target cross-entropy on label-smoothed one-hot targets, or on mixup/cutmix targets."""
-  key = input_key(config)
-  smoothing = config.augment.label_smoothing
+  uses_mixup = augment.mixup_alpha > 0 or augment.cutmix_alpha > 0
+  smoothing = float(augment.label_smoothing)
 
   def loss_fn(params, batch, rng):
     x = batch[key]
     mix_rng, drop_rng = jax.random.split(rng)
-    if _uses_mixup(config):
-      from maskfeat_jax.train import mixup  # the fine-tune recipe's module (jnp, jittable)
-      x, targets = mixup.mixup_cutmix(mix_rng, x, batch["label"], num_classes, config.augment)
+    if uses_mixup:
+      x, targets = mixup.mixup_cutmix(mix_rng, x, batch["label"], num_classes, augment)
     else:
-      targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], num_classes), smoothing)
+      targets = losses.smooth_labels(batch["label"], num_classes, smoothing)
     logits = model.apply({"params": params}, x, train=True, rngs={"dropout": drop_rng})
-    loss = soft_cross_entropy(logits, targets)
+    loss = losses.soft_cross_entropy(logits, targets)
     acc = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
     return loss, {"train_top1": acc}
   return loss_fn
+
+
+def loss_fn_for(config, model) -> LossFn:
+  """The loss of config.model.type: 'maskfeat' -> pre-training, 'classifier' -> fine-tuning."""
+  if config.model.type == "maskfeat":
+    return pretrain_loss_fn(model, input_key(config))
+  return finetune_loss_fn(model, input_key(config), int(config.model.num_classes), config.augment)
 
 
 def _split_micro(batch: dict, n: int) -> dict:
@@ -106,17 +99,12 @@ def make_step_fn(loss_fn: LossFn, tx: optax.GradientTransformation, lr_fn, accum
   return step
 
 
-def batch_shardings(config, mesh, batch_shapes: dict) -> dict:
-  """NamedSharding per batch key: leading (batch) dim over the data-parallel mesh axes."""
-  return {k: state_lib.batch_sharding(config, mesh, len(shape)) for k, shape in batch_shapes.items()}
-
-
 def jit_step(step_fn, state_shardings, batch_shard: dict, mesh):
   """jit with explicit in/out shardings and the state donated (updated in place)."""
   replicated = NamedSharding(mesh, P())
-  # On CPU, XLA's own fused reductions make the HOG target ~2x faster than the default YNNPACK reduce
-  # fusion (targets.CPU_COMPILER_OPTIONS; benchmarks/hog_bench.py: 169 -> 79 ms); the option does not exist
-  # on GPU/TPU.
+  # On CPU, XLA's own fused reductions make the HOG target much faster than the default YNNPACK reduce
+  # fusion (targets.CPU_COMPILER_OPTIONS; figures in BENCHMARKS.md, "HOG target on CPU"); the option exists
+  # only on CPU.
   options = targets.CPU_COMPILER_OPTIONS if mesh.devices.flat[0].platform == "cpu" else None
   return jax.jit(step_fn, in_shardings=(state_shardings, batch_shard),
                  out_shardings=(state_shardings, replicated), donate_argnums=(0,),

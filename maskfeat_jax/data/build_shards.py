@@ -1,0 +1,516 @@
+r"""Converts a folder of videos + labels into the TFDS array_record format of `tfds_video`.
+
+  python -m maskfeat_jax.data.build_shards --videos_dir=/data/k400/videos --labels=/data/k400/train.csv \
+      --output_dir=~/tensorflow_datasets --name=kinetics400 [--short_side=320] [--fps=0] [--jpeg_quality=90]
+
+Label files:
+  * Kinetics CSV with header `label,youtube_id,time_start,time_end,split`: files are found by name
+    (`{youtube_id}_{time_start:06d}_{time_end:06d}.*` or `{youtube_id}.*`) anywhere under --videos_dir; the split
+    column names the split; --trim cuts [time_start, time_end) out of untrimmed videos.
+  * A `path,label` (or `path label`) list, optional header: paths relative to --videos_dir; labels are class names
+    or integer indices; everything goes to --split.
+  * SSv2-style JSON (a list of {"id", "template" | "label"}): `{id}.*` under --videos_dir; class = template
+    without brackets; --ssv2_label_map (the labels JSON, name -> index) fixes the class order.
+
+Each video is decoded with PyAV (mp4/webm/avi/mkv...), optionally resampled to --fps, resized so its short side is
+--short_side (never upscaled) and stored as JPEG frames. Work runs in --num_workers processes; shard k of a split
+holds rows k, k + N, k + 2N, ... of the label file (deterministic). A shard is written under a temporary name
+and renamed when complete, together with a small sidecar (.convert/) saying what it holds: a rerun skips finished
+shards. Bad inputs (missing, empty, truncated, not a video, undecodable) are skipped, counted and listed in
+`conversion_report.json`; dataset_info.json / features.json are (re)written at the end for every finished split.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import collections
+import csv
+import dataclasses
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import pathlib
+import re
+import sys
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from absl import app
+from absl import flags
+from absl import logging
+from tqdm import tqdm
+
+from maskfeat_jax.data import storage
+
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv")
+STATE_DIR = ".convert"
+REPORT_FILE = "conversion_report.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+  """One row of the label file."""
+  video_id: str
+  path: str  # absolute path, or "" when the file was not found
+  label: str
+  split: str
+  time_start: float = -1.0
+  time_end: float = -1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  short_side: int = 320
+  fps: float = 0.0
+  jpeg_quality: int = 90
+  trim: bool = False
+
+
+# ----------------------------------------------------------------------------------------------- label files
+def index_videos(videos_dir: str) -> dict[str, str]:
+  """Maps file stem -> path for every video file under videos_dir (sorted walk: deterministic on duplicates)."""
+  index = {}
+  for root, dirs, files in os.walk(videos_dir):
+    dirs.sort()
+    for name in sorted(files):
+      stem, ext = os.path.splitext(name)
+      if ext.lower() in VIDEO_EXTENSIONS or ext == "":
+        index.setdefault(stem, os.path.join(root, name))
+  return index
+
+
+def _read_kinetics(rows: list[dict[str, str]], videos_dir: str, label_file: str) -> list[Item]:
+  index = index_videos(videos_dir)
+  items = []
+  for line, row in enumerate(rows, start=2):
+    try:
+      start, end = float(row["time_start"]), float(row["time_end"])
+      yid = row["youtube_id"].strip()
+      label = row["label"].strip()
+    except (KeyError, ValueError, AttributeError) as e:
+      raise ValueError(f"{label_file}:{line}: malformed Kinetics row {row}: {e}") from e
+    video_id = f"{yid}_{int(start):06d}_{int(end):06d}"
+    path = index.get(video_id) or index.get(yid) or ""
+    split = (row.get("split") or "train").strip()
+    items.append(Item(video_id, path, label, split, start, end))
+  return items
+
+
+def _read_path_list(lines: list[str], videos_dir: str, split: str, label_file: str) -> list[Item]:
+  items = []
+  for line_no, line in enumerate(lines, start=1):
+    line = line.strip()
+    if not line:
+      continue
+    parts = [p.strip() for p in (line.rsplit(",", 1) if "," in line else line.rsplit(None, 1))]
+    if len(parts) != 2 or not parts[0] or not parts[1]:
+      raise ValueError(f"{label_file}:{line_no}: expected `path,label` (or `path label`), got {line!r}")
+    rel, label = parts
+    if line_no == 1 and rel.lower() in ("path", "video", "filename", "file") and label.lower() in ("label", "class"):
+      continue  # header
+    path = rel if os.path.isabs(rel) else os.path.join(videos_dir, rel)
+    video_id = os.path.splitext(rel)[0]
+    items.append(Item(video_id, path if os.path.exists(path) else "", label, split))
+  return items
+
+
+def _read_ssv2(entries: list[dict[str, Any]], videos_dir: str, split: str, label_file: str) -> list[Item]:
+  index = index_videos(videos_dir)
+  items = []
+  for n, entry in enumerate(entries):
+    if "id" not in entry or not ("template" in entry or "label" in entry):
+      raise ValueError(f"{label_file}: entry {n} has no `id` and `template`/`label`: {entry}")
+    label = str(entry.get("template", entry.get("label"))).replace("[", "").replace("]", "")
+    video_id = str(entry["id"])
+    items.append(Item(video_id, index.get(video_id, ""), label, split))
+  return items
+
+
+def read_label_file(label_file: str, videos_dir: str, split: str) -> list[Item]:
+  """Reads any supported label file into Items (file order)."""
+  if not os.path.isfile(label_file):
+    raise FileNotFoundError(f"--labels file not found: {label_file}")
+  if label_file.endswith(".json"):
+    with open(label_file) as f:
+      entries = json.load(f)
+    if not isinstance(entries, list):
+      raise ValueError(f"{label_file}: expected a JSON list of {{id, template}} entries (SSv2 format)")
+    return _read_ssv2(entries, videos_dir, split, label_file)
+  with open(label_file, newline="") as f:
+    text = f.read()
+  first = text.splitlines()[0] if text.strip() else ""
+  header = [h.strip() for h in first.split(",")]
+  if {"label", "youtube_id", "time_start", "time_end"} <= set(header):
+    return _read_kinetics(list(csv.DictReader(text.splitlines())), videos_dir, label_file)
+  return _read_path_list(text.splitlines(), videos_dir, split, label_file)
+
+
+def class_names_for(items: Sequence[Item], class_names_file: str = "", label_map_file: str = "",
+                    existing: Sequence[str] | None = None) -> list[str]:
+  """Class order: --class_names file, else the SSv2 label map, else an existing dataset's, else sorted labels."""
+  if class_names_file:
+    names = [l.strip() for l in pathlib.Path(class_names_file).read_text().splitlines() if l.strip()]
+  elif label_map_file:
+    mapping = json.loads(pathlib.Path(label_map_file).read_text())
+    names = [name for name, _ in sorted(mapping.items(), key=lambda kv: int(kv[1]))]
+  elif existing:
+    names = list(existing)
+  else:
+    labels = sorted({it.label for it in items})
+    if labels and all(re.fullmatch(r"\d+", l) for l in labels):
+      names = [str(i) for i in range(max(int(l) for l in labels) + 1)]
+    else:
+      names = labels
+  if len(set(names)) != len(names):
+    raise ValueError("class names are not unique")
+  return names
+
+
+def label_index(item: Item, names: Sequence[str], lookup: dict[str, int]) -> int:
+  if item.label in lookup:
+    return lookup[item.label]
+  if re.fullmatch(r"\d+", item.label) and int(item.label) < len(names):
+    return int(item.label)
+  raise ValueError(f"label {item.label!r} of video {item.video_id!r} is not one of the {len(names)} classes")
+
+
+# ----------------------------------------------------------------------------------------------- decoding
+def _resized(width: int, height: int, short_side: int) -> tuple[int, int]:
+  if short_side <= 0 or min(width, height) <= short_side:
+    return width, height
+  if width < height:
+    return short_side, int(round(height * short_side / width))
+  return int(round(width * short_side / height)), short_side
+
+
+def decode_video(path: str, options: Options, time_start: float = -1.0,
+                 time_end: float = -1.0) -> tuple[list[np.ndarray], float]:
+  """PyAV decode -> (list of uint8 [H,W,3] frames, fps of the returned frames). Raises on any problem."""
+  import av  # pylint: disable=g-import-not-at-top
+  with av.open(path) as container:
+    if not container.streams.video:
+      raise ValueError("no video stream")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    src_fps = float(stream.average_rate or stream.guessed_rate or 0.0)
+    expected = int(stream.frames or 0)
+    frames, times = [], []
+    size = None
+    for n, frame in enumerate(container.decode(stream)):
+      t = frame.time if frame.time is not None else (n / src_fps if src_fps > 0 else float(n))
+      if options.trim and time_start >= 0 and t < time_start:
+        continue
+      if options.trim and time_end > 0 and t >= time_end:
+        break
+      if size is None:
+        size = _resized(frame.width, frame.height, options.short_side)
+      frames.append(frame.to_ndarray(width=size[0], height=size[1], format="rgb24", interpolation="AREA"))
+      times.append(t)
+  if not frames:
+    raise ValueError("no decodable video frames")
+  if not options.trim and expected > 0 and len(frames) < 0.9 * expected:
+    raise ValueError(f"truncated: decoded {len(frames)} of the {expected} frames the header announces")
+  if src_fps <= 0 and len(times) > 1 and times[-1] > times[0]:
+    src_fps = (len(times) - 1) / (times[-1] - times[0])
+  if options.fps > 0 and src_fps > 0:
+    return resample_fps(frames, times, options.fps, src_fps), options.fps
+  return frames, src_fps
+
+
+def resample_fps(frames: list[np.ndarray], times: list[float], fps: float, src_fps: float) -> list[np.ndarray]:
+  """Output frame k shows the source frame on screen at time t0 + k / fps (duplicates or drops frames)."""
+  t0 = times[0]
+  duration = times[-1] - t0 + 1.0 / src_fps
+  num_out = max(1, int(math.floor(duration * fps + 1e-6)))
+  out_times = t0 + np.arange(num_out) / fps
+  # Index of the last source frame starting at or before each output time (small tolerance for rounding).
+  idx = np.searchsorted(np.asarray(times), out_times + 1e-6, side="right") - 1
+  return [frames[i] for i in np.clip(idx, 0, len(frames) - 1)]
+
+
+# ----------------------------------------------------------------------------------------------- workers
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(class_names: Sequence[str], options: Options) -> None:
+  _WORKER["serializer"] = storage.VideoExampleSerializer(class_names)
+  _WORKER["options"] = options
+  _WORKER["lookup"] = {name: i for i, name in enumerate(class_names)}
+
+
+def convert_one(item: Item) -> tuple[str, Any]:
+  """Item -> ('ok', serialized record) or ('skip', reason). Never raises for bad input files."""
+  serializer, options = _WORKER["serializer"], _WORKER["options"]
+  try:
+    label = label_index(item, serializer.class_names, _WORKER["lookup"])
+  except ValueError as e:
+    return "skip", str(e)
+  if not item.path or not os.path.exists(item.path):
+    return "skip", "missing file"
+  if os.path.getsize(item.path) == 0:
+    return "skip", "empty file (0 bytes)"
+  try:
+    frames, fps = decode_video(item.path, options, item.time_start, item.time_end)
+  except Exception as e:  # pylint: disable=broad-except  (PyAV raises many types for bad media)
+    return "skip", f"cannot decode: {type(e).__name__}: {e}"
+  jpegs = [storage.encode_jpeg(f, options.jpeg_quality) for f in frames]
+  return "ok", serializer(jpegs, label, item.video_id, fps)
+
+
+# ----------------------------------------------------------------------------------------------- shards
+def _fingerprint(items: Sequence[Item]) -> str:
+  return hashlib.sha1("\n".join(f"{it.video_id}\t{it.label}" for it in items).encode()).hexdigest()
+
+
+def _sidecar(ds_dir: pathlib.Path, name: str, split: str, shard: int, num_shards: int) -> pathlib.Path:
+  return ds_dir / STATE_DIR / (storage.shard_filename(name, split, shard, num_shards) + ".json")
+
+
+def _write_json_atomic(path: pathlib.Path, obj: Any) -> None:
+  tmp = path.with_name(path.name + storage.TMP_SUFFIX)
+  tmp.write_text(json.dumps(obj, indent=1))
+  os.replace(tmp, path)
+
+
+def plan_shards(items: Sequence[Item], examples_per_shard: int) -> dict[str, list[list[Item]]]:
+  """split -> shards (row k of a split goes to shard k % num_shards)."""
+  by_split = collections.defaultdict(list)
+  for it in items:
+    by_split[it.split].append(it)
+  plan = {}
+  for split, rows in by_split.items():
+    num_shards = max(1, math.ceil(len(rows) / examples_per_shard))
+    plan[split] = [rows[k::num_shards] for k in range(num_shards)]
+  return plan
+
+
+def _check_existing_shards(ds_dir: pathlib.Path, name: str, split: str, num_shards: int) -> None:
+  pattern = re.compile(re.escape(f"{name}-{split}.{storage.FILE_FORMAT}-") + r"\d{5}-of-(\d{5})$")
+  for p in ds_dir.iterdir():
+    m = pattern.match(p.name)
+    if m and int(m.group(1)) != num_shards:
+      raise ValueError(f"{p} was written with {int(m.group(1))} shards but this run plans {num_shards} for split "
+                       f"{split!r}; rerun with the same --examples_per_shard and label file, or a new output dir.")
+
+
+def _finished(ds_dir, name, split, shard, num_shards, rows) -> dict | None:
+  """The sidecar of a finished shard (None if it must be (re)written); errors if the input changed."""
+  path = ds_dir / storage.shard_filename(name, split, shard, num_shards)
+  side = _sidecar(ds_dir, name, split, shard, num_shards)
+  if not (path.is_file() and side.is_file()):
+    return None
+  meta = json.loads(side.read_text())
+  if meta.get("fingerprint") != _fingerprint(rows):
+    raise ValueError(f"{path} was written from a different label list; use a new output dir or the same list.")
+  return meta
+
+
+def convert(items: Sequence[Item], output_dir: str, name: str, class_names: Sequence[str], options: Options,
+            *, examples_per_shard: int = 64, num_workers: int = 0, version: str = storage.DEFAULT_VERSION,
+            progress: bool = True) -> dict[str, Any]:
+  """Converts `items` into output_dir/name/version; returns the report (also written to REPORT_FILE)."""
+  ds_dir = storage.dataset_dir(output_dir, name, version)
+  (ds_dir / STATE_DIR).mkdir(parents=True, exist_ok=True)
+  plan = plan_shards(items, examples_per_shard)
+  pending = []  # (split, shard, num_shards, rows)
+  for split, shards in sorted(plan.items()):
+    _check_existing_shards(ds_dir, name, split, len(shards))
+    for k, rows in enumerate(shards):
+      if _finished(ds_dir, name, split, k, len(shards), rows) is None:
+        pending.append((split, k, len(shards), rows))
+      else:
+        logging.info("Shard %d of split %s already written; skipping.", k, split)
+  total = sum(len(rows) for *_, rows in pending)
+  results = iter(_run_workers([it for *_, rows in pending for it in rows], class_names, options, num_workers))
+  bar = _progress(total, progress)
+  try:
+    for split, k, num_shards, rows in pending:
+      _write_one_shard(ds_dir, name, split, k, num_shards, rows, results, bar)
+  finally:
+    if bar is not None:
+      bar.close()
+  return finish(ds_dir, name, class_names, version)
+
+
+def _run_workers(work: list[Item], class_names, options, num_workers: int, fn=None) -> Iterable[tuple[str, Any]]:
+  """(status, payload) for each item of `work`, in order. `fn` (default `convert_one`) runs in the workers."""
+  fn = fn or convert_one
+  if num_workers <= 0:
+    _init_worker(class_names, options)
+    return map(fn, work)
+  return _CrashSafePool(fn, work, list(class_names), options, num_workers)
+
+
+class _CrashSafePool:
+  """Ordered results from worker processes that survives a worker dying (e.g. a segfault inside FFmpeg).
+
+  multiprocessing.Pool silently loses the task of a worker that dies, so its results never arrive and the
+  conversion hangs. concurrent.futures marks the pool broken instead; we then rerun each unfinished item
+  alone in a fresh pool, so only the video that kills a worker is skipped (and reported), the rest convert.
+  """
+
+  def __init__(self, fn, work, class_names, options, num_workers: int):
+    self.fn, self.work, self.num_workers = fn, work, num_workers
+    self.initargs = (class_names, options)
+    self.window = 4 * num_workers  # items in flight: bounds memory, keeps order cheap
+
+  def _executor(self, workers: int):
+    # 'spawn': PyAV/FFmpeg and the absl/grain state of the parent are not fork-safe in general.
+    return concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                  initializer=_init_worker, initargs=self.initargs)
+
+  def _alone(self, item: Item) -> tuple[str, Any]:
+    ex = self._executor(1)
+    try:
+      return ex.submit(self.fn, item).result()
+    except concurrent.futures.process.BrokenProcessPool:
+      logging.warning("A worker process died while converting %s (%s).", item.video_id, item.path)
+      return "skip", "worker process died while decoding (crash inside the decoder?)"
+    finally:
+      ex.shutdown(wait=True, cancel_futures=True)
+
+  def __iter__(self):
+    ex = self._executor(self.num_workers)
+    pending = collections.deque()  # (item, future), in order
+    nxt = 0
+    try:
+      while nxt < len(self.work) or pending:
+        while nxt < len(self.work) and len(pending) < self.window:
+          pending.append((self.work[nxt], ex.submit(self.fn, self.work[nxt])))
+          nxt += 1
+        item, fut = pending.popleft()
+        try:
+          yield fut.result()
+          continue
+        except concurrent.futures.process.BrokenProcessPool:
+          pass
+        # A worker died: every unfinished item failed with it. Rerun them one by one to find the culprit.
+        ex.shutdown(wait=True, cancel_futures=True)
+        for it in [item] + [i for i, _ in pending]:
+          yield self._alone(it)
+        pending.clear()
+        ex = self._executor(self.num_workers)
+    finally:
+      ex.shutdown(wait=True, cancel_futures=True)
+
+
+def _progress(total: int, enabled: bool):
+  if not enabled or total == 0:
+    return None
+  return tqdm(total=total, unit="video", desc="converting", dynamic_ncols=True)
+
+
+def _write_one_shard(ds_dir, name, split, k, num_shards, rows, results, bar) -> None:
+  writer = storage.ShardWriter(ds_dir / storage.shard_filename(name, split, k, num_shards))
+  skipped = []
+  try:
+    for item in rows:
+      status, payload = next(results)
+      if status == "ok":
+        writer.write(payload)
+      else:
+        skipped.append({"split": split, "video_id": item.video_id, "path": item.path, "reason": payload})
+        logging.warning("Skipping %s (%s): %s", item.video_id, item.path or "no file", payload)
+      if bar is not None:
+        bar.update(1)
+        bar.set_postfix(skipped=len(skipped))
+  except BaseException:
+    writer.abort()
+    raise
+  # Sidecar first: a shard file under its final name always has one, so a rerun can trust it.
+  _write_json_atomic(_sidecar(ds_dir, name, split, k, num_shards),
+                     {"count": writer.count, "skipped": skipped, "fingerprint": _fingerprint(rows)})
+  writer.close()
+
+
+def finish(ds_dir: pathlib.Path, name: str, class_names: Sequence[str], version: str) -> dict[str, Any]:
+  """Writes dataset_info for every split whose shards are all finished, and the report."""
+  lengths = collections.defaultdict(dict)
+  skipped = []
+  pattern = re.compile(re.escape(f"{name}-") + r"(.+)\." + storage.FILE_FORMAT + r"-(\d{5})-of-(\d{5})\.json$")
+  for side in sorted((ds_dir / STATE_DIR).glob("*.json")):
+    m = pattern.match(side.name)
+    if not m or not (ds_dir / side.name[:-len(".json")]).is_file():
+      continue
+    split, k, n = m.group(1), int(m.group(2)), int(m.group(3))
+    meta = json.loads(side.read_text())
+    lengths[(split, n)][k] = meta["count"]
+    skipped.extend(meta["skipped"])
+  complete = {}
+  for (split, n), shard_counts in lengths.items():
+    if len(shard_counts) == n:
+      complete[split] = [shard_counts[k] for k in range(n)]
+    else:
+      logging.warning("Split %s has %d of %d shards; rerun to finish it.", split, len(shard_counts), n)
+  if complete:
+    storage.write_dataset_info(ds_dir, name, class_names, complete,
+                                  description=f"Converted by maskfeat_jax.data.convert ({len(class_names)} classes).",
+                                  version=version)
+  report = {
+      "dataset_dir": os.fspath(ds_dir),
+      "splits": {s: {"converted": sum(c), "shards": len(c),
+                     "skipped": sum(1 for x in skipped if x["split"] == s)} for s, c in complete.items()},
+      "converted": sum(sum(c) for c in complete.values()),
+      "skipped": len(skipped),
+      "skipped_items": skipped,
+  }
+  _write_json_atomic(ds_dir / REPORT_FILE, report)
+  return report
+
+
+def _existing_class_names(output_dir: str, name: str, version: str) -> list[str] | None:
+  ds_dir = storage.dataset_dir(output_dir, name, version)
+  if (ds_dir / "dataset_info.json").is_file():
+    return list(storage.read_meta(ds_dir).class_names)
+  return None
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_string("videos_dir", None, "Folder holding the videos (searched recursively).")
+  flags.DEFINE_string("labels", None, "Kinetics CSV, `path,label` list or SSv2 JSON.")
+  flags.DEFINE_string("output_dir", None, "TFDS data dir; the dataset goes to OUTPUT_DIR/NAME/VERSION.")
+  flags.DEFINE_string("name", None, "Dataset name (config.data.name).")
+  flags.DEFINE_string("split", "train", "Split for label files without a split column.")
+  flags.DEFINE_string("version", storage.DEFAULT_VERSION, "Dataset version directory.")
+  flags.DEFINE_string("class_names", "", "Optional file with one class name per line (fixes the label order).")
+  flags.DEFINE_string("ssv2_label_map", "", "Optional SSv2 labels JSON (class name -> index).")
+  flags.DEFINE_integer("short_side", 320, "Resize so the short side is this many pixels (0 = keep; no upscaling).")
+  flags.DEFINE_float("fps", 0.0, "Resample to this frame rate (0 = keep the source rate).")
+  flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality of the stored frames.")
+  flags.DEFINE_bool("trim", False, "Kinetics CSV: keep only [time_start, time_end) of each video.")
+  flags.DEFINE_integer("examples_per_shard", 64, "Videos per shard (fixes the shard count).")
+  flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "Decoding processes (0 = in this process).")
+  flags.DEFINE_bool("progress", True, "Show a progress bar.")
+
+
+def main(argv: Sequence[str]) -> int:
+  del argv
+  for flag in ("videos_dir", "labels", "output_dir", "name"):
+    if not FLAGS[flag].value:
+      raise app.UsageError(f"--{flag} is required")
+  videos_dir = os.path.expanduser(FLAGS.videos_dir)
+  if not os.path.isdir(videos_dir):
+    raise app.UsageError(f"--videos_dir {videos_dir} is not a directory")
+  output_dir = os.path.expanduser(FLAGS.output_dir)
+  items = read_label_file(os.path.expanduser(FLAGS.labels), videos_dir, FLAGS.split)
+  names = class_names_for(items, FLAGS.class_names, FLAGS.ssv2_label_map,
+                          _existing_class_names(output_dir, FLAGS.name, FLAGS.version))
+  options = Options(short_side=FLAGS.short_side, fps=FLAGS.fps, jpeg_quality=FLAGS.jpeg_quality, trim=FLAGS.trim)
+  report = convert(items, output_dir, FLAGS.name, names, options, examples_per_shard=FLAGS.examples_per_shard,
+                   num_workers=FLAGS.num_workers, version=FLAGS.version, progress=FLAGS.progress)
+  ds_dir = report["dataset_dir"]
+  print(f"Converted {report['converted']} videos into {ds_dir}; skipped {report['skipped']} "
+        f"(listed in {os.path.join(ds_dir, REPORT_FILE)}).")
+  for split, s in sorted(report["splits"].items()):
+    print(f"  {split}: {s['converted']} videos in {s['shards']} shards, {s['skipped']} skipped")
+  return 0
+
+
+if __name__ == "__main__":
+  define_flags()
+  sys.exit(app.run(main))

@@ -1,0 +1,134 @@
+"""`run(config, workdir)`: the one dispatch on `config.mode`, and what every mode is built from.
+
+  pretrain / finetune -> train.trainer.train, with an evaluator (multi-view eval / linear probe)
+  eval               -> eval.multiview.evaluate of config.init_from
+  probe              -> eval.probe.linear_probe of config.init_from
+  demo               -> demo.run_demo (pre-train, fine-tune, evaluate; the same fine-tuning from scratch)
+
+Every check that needs no compilation (config.validate: mode and model type, input and mask shapes, batch
+divisibility; the dataset and its splits) runs first, with messages that say what to change.
+"""
+import dataclasses
+import os
+from typing import Any, Callable
+
+import jax
+import ml_collections
+
+from maskfeat_jax import config as config_lib
+from maskfeat_jax import demo
+from maskfeat_jax import sharding
+from maskfeat_jax.checkpoints import init as init_lib
+from maskfeat_jax.data import pipeline
+from maskfeat_jax.eval import multiview
+from maskfeat_jax.eval import probe
+from maskfeat_jax.models import factory
+from maskfeat_jax.train import trainer
+
+
+@dataclasses.dataclass
+class Components:
+  """Parts of a run a caller may supply instead of the project's own (tests, notebooks): None = built from
+  the config (model from config.model, data from config.data)."""
+  model: Any = None
+  make_train_iterator: Callable | None = None  # (config, *, process_index, process_count) -> iterator
+  dataset_info: Any = None  # with .split_sizes, .num_classes, .class_names
+  stop_at_step: int | None = None  # save and return at this step (as if preempted)
+
+
+@dataclasses.dataclass
+class _Prepared:
+  config: Any
+  dataset: Any
+  mesh: Any
+  model: Any
+
+
+def _with_num_classes(config, info):
+  """A locked copy of config with model.num_classes from the dataset when a classifier leaves it at 0."""
+  if config.model.type != "classifier" or config.model.num_classes > 0:
+    return config
+  n = getattr(info, "num_classes", None)
+  if not n:
+    raise ValueError("config.model.num_classes=0 and the dataset does not say how many classes it has; "
+                     "set --config.model.num_classes.")
+  config = config_lib.locked_copy(config)
+  config.model.num_classes = int(n)
+  return config
+
+
+def prepare(config, parts: Components | None = None) -> _Prepared:
+  """Validates config (before any compilation), finds the dataset, builds the mesh and the model."""
+  parts = parts or Components()
+  config_lib.validate(config, process_count=jax.process_count(), model_from_config=parts.model is None)
+  info = parts.dataset_info if parts.dataset_info is not None else pipeline.prepare_dataset(config)
+  config = _with_num_classes(config, info)
+  mesh = sharding.make_mesh(config.mesh)
+  config_lib.validate(config, mesh_shape=dict(mesh.shape), process_count=jax.process_count(),
+                      model_from_config=False)
+  model = parts.model if parts.model is not None else factory.build_model(config)
+  return _Prepared(config=config, dataset=info, mesh=mesh, model=model)
+
+
+def evaluator_for(config, model, mesh, dataset) -> trainer.Evaluator | None:
+  """Fine-tuning: multi-view evaluation on the eval split. Pre-training: the linear probe if asked for."""
+  names = getattr(dataset, "class_names", None)
+  if config.mode == "finetune":
+    return lambda params, workdir: multiview.evaluate(config, model, params, mesh, config.data.eval_split,
+                                                      workdir=workdir, class_names=names)
+  if config.mode == "pretrain" and config.eval_every_steps > 0:
+    return lambda params, workdir: probe.linear_probe(config, model, params, mesh, workdir=workdir)
+  return None
+
+
+def train(config, workdir: str, parts: Components | None = None) -> trainer.TrainResult:
+  parts = parts or Components()
+  p = prepare(config, parts)
+  make_it = parts.make_train_iterator or pipeline.make_train_iterator
+  return trainer.train(p.config, workdir, model=p.model, dataset=p.dataset, mesh=p.mesh, make_iterator=make_it,
+                       evaluator=evaluator_for(p.config, p.model, p.mesh, p.dataset),
+                       stop_at_step=parts.stop_at_step)
+
+
+def _frozen_params(p: _Prepared):
+  return init_lib.params_on_mesh(p.config, trainer.param_shardings(p.config, p.model, p.mesh))
+
+
+def run_eval(config, workdir: str, parts: Components | None = None) -> dict:
+  p = prepare(config, parts)
+  return multiview.evaluate(p.config, p.model, _frozen_params(p), p.mesh, p.config.data.eval_split,
+                            workdir=workdir, class_names=getattr(p.dataset, "class_names", None))
+
+
+def run_probe(config, workdir: str, parts: Components | None = None) -> dict:
+  p = prepare(config, parts)
+  return probe.linear_probe(p.config, p.model, _frozen_params(p), p.mesh, workdir=workdir)
+
+
+def setup_compilation_cache(config):
+  """Turns on JAX's persistent compilation cache in config.compilation_cache_dir ('' = off)."""
+  path = config.compilation_cache_dir
+  if not path:
+    return
+  path = os.path.abspath(os.path.expanduser(path))
+  os.makedirs(path, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, parts: Components | None = None):
+  """main.py's entry: dispatch on config.mode."""
+  setup_compilation_cache(config)
+  mode = config.mode
+  if mode in ("pretrain", "finetune"):
+    return train(config, workdir, parts)
+  if mode == "eval":
+    return run_eval(config, workdir, parts)
+  if mode == "probe":
+    return run_probe(config, workdir, parts)
+  if mode == "demo":
+    # The demo runs its phases through `train` (passed in: demo.py needs nothing of this module).
+    return demo.run_demo(config, workdir, train_phase=lambda c, d: train(c, d, parts),
+                         check=lambda c: config_lib.validate(c, model_from_config=parts is None
+                                                             or parts.model is None))
+  raise ValueError(f"config.mode={mode!r}: expected one of {config_lib.MODES}.")

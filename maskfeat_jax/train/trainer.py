@@ -1,0 +1,232 @@
+"""The one training loop (pre-training and fine-tuning): sharded state, compiled step, checkpoints, metrics.
+
+`train(config, workdir, model, dataset, mesh, ...)` builds the sharded state, resumes from
+WORKDIR/checkpoints when a run is there (or starts fine-tuning from `config.init_from`), compiles the step
+once, and runs it, with a checkpoint every `checkpoint_every_steps`, on SIGTERM / preemption and at the end.
+Evaluation is pluggable: `evaluator(params, workdir)` (built by run.py: multi-view eval for fine-tuning, the
+linear probe for pre-training) runs every `eval_every_steps` and at the end.
+"""
+import dataclasses
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from maskfeat_jax import sharding
+from maskfeat_jax.checkpoints import init as init_lib
+from maskfeat_jax.checkpoints import orbax as ckpt_lib
+from maskfeat_jax.config import logical_rules, step_keys
+from maskfeat_jax.data import splits
+from maskfeat_jax.models import factory
+from maskfeat_jax.train import logger
+from maskfeat_jax.train import optim
+from maskfeat_jax.train import state as state_lib
+from maskfeat_jax.train import step as step_lib
+
+# XLA:CPU with several devices can deadlock with too many queued steps: sync at least this often.
+_MAX_UNSYNCED_STEPS = 8
+
+Evaluator = Callable[[Any, str | None], dict | None]  # (params, workdir or None) -> scalars
+
+
+@dataclasses.dataclass
+class TrainResult:
+  status: str  # 'done' | 'preempted' | 'stopped'
+  step: int
+  config: Any
+  model: Any
+  params: Any
+  mesh: Any
+  last_metrics: dict
+  eval: dict | None = None
+  steps_per_sec: float | None = None
+  wall_s: float = 0.0
+  start_step: int = 0  # > 0 when resumed from a checkpoint
+
+
+def init_params_fn(config, model) -> Callable:
+  """rng -> boxed params of `model` for inputs shaped as config's batches."""
+  inputs = factory.example_inputs(config)
+
+  def init(key):
+    rngs = {"params": key, "dropout": jax.random.fold_in(key, 1)}
+    return model.init(rngs, *inputs, train=False)["params"]
+  return init
+
+
+def param_shardings(config, model, mesh):
+  """The model's param shardings on `mesh` (no memory: traced with eval_shape)."""
+  rules = logical_rules(config)
+  with sharding.mesh_context(mesh, rules):
+    boxed = jax.eval_shape(init_params_fn(config, model), jax.random.PRNGKey(0))
+  return sharding.param_shardings(boxed, mesh, rules)
+
+
+@dataclasses.dataclass
+class _Run:
+  """What the loop works with (built by `train`)."""
+  config: Any
+  compiled: Any
+  iterator: Any
+  keys: tuple
+  batch_shardings: dict
+  ckpt: ckpt_lib.Checkpointer
+  writer: logger.MetricsWriter
+  preempt: ckpt_lib.PreemptionFlag
+  total_steps: int
+  stop_at_step: int | None
+  evaluator: Evaluator | None
+
+
+def train(config, workdir: str, *, model, dataset, mesh, make_iterator: Callable,
+          evaluator: Evaluator | None = None, stop_at_step: int | None = None) -> TrainResult:
+  """Pre-trains or fine-tunes (config.mode), resuming from WORKDIR/checkpoints if present.
+
+  Args:
+    config: the validated config (model.num_classes resolved).
+    workdir: the run's directory (created if missing).
+    model: the Flax module; dataset: what data.pipeline.prepare_dataset found (its split_sizes); mesh: devices.
+    make_iterator: (config, *, process_index, process_count) -> train batch iterator (Grain).
+    evaluator: see the module docstring; None = no evaluation.
+    stop_at_step: save and return at this step as if preempted (tests).
+  """
+  t_start = time.perf_counter()
+  rules = logical_rules(config)
+  os.makedirs(workdir, exist_ok=True)
+  schedule = optim.resolve_schedule(config, splits.split_size(dataset.split_sizes, config.data.train_split))
+  primary = jax.process_index() == 0
+
+  state, shardings, tx = state_lib.create_train_state(
+      init_params_fn(config, model), lambda p: optim.make_optimizer(config, p, schedule),
+      jax.random.PRNGKey(config.seed), mesh, rules)
+  n_params = factory.count_params(state.params)
+  iterator = make_iterator(config, process_index=jax.process_index(), process_count=jax.process_count())
+
+  ckpt = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints, async_save=config.checkpoint.async_save)
+  abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                state, shardings)
+  start_step, restored = ckpt.restore(abstract_state, iterator)
+  if restored is not None:
+    state = restored
+    print(f"[{config.mode}] resumed from {ckpt.directory} at step {start_step}", flush=True)
+  elif config.mode == "finetune" and config.init_from:
+    params = init_lib.finetune_params(config, jax.device_get(state.params))
+    state = state_lib.replace_params(state, params, shardings, tx)
+    print(f"[{config.mode}] initialised from {config.init_from}", flush=True)
+  start_step = int(start_step or 0)
+
+  if primary:
+    logger.write_config(workdir, config, {
+        "param_count": n_params, "total_steps": schedule.total_steps, "warmup_steps": schedule.warmup_steps,
+        "peak_lr": schedule.base_lr, "devices": jax.device_count(), "processes": jax.process_count(),
+        "mesh": dict(mesh.shape), "resumed_from_step": start_step})
+  print(f"[{config.mode}] {n_params:,} params | mesh {dict(mesh.shape)} | {schedule.total_steps} steps "
+        f"(start {start_step}) | batch {config.batch_size} | peak lr {schedule.base_lr:.3e}", flush=True)
+
+  compiled, keys, b_shard = _compile(config, model, tx, schedule, shardings, abstract_state, mesh)
+  writer = logger.MetricsWriter(
+      workdir, total_steps=schedule.total_steps, batch_size=config.batch_size, start_step=start_step,
+      primary=primary, tensorboard=config.log.tensorboard, prefix=f"[{config.mode}] ")
+  run = _Run(config=config, compiled=compiled, iterator=iterator, keys=keys, batch_shardings=b_shard,
+             ckpt=ckpt, writer=writer, preempt=ckpt_lib.PreemptionFlag().install(),
+             total_steps=schedule.total_steps, stop_at_step=stop_at_step, evaluator=evaluator)
+  try:
+    status, step, state, last, sps = _loop(run, state, start_step)
+  finally:
+    run.preempt.uninstall()
+    writer.close()
+    ckpt.close()
+    if hasattr(iterator, "close"):
+      iterator.close()
+  result = TrainResult(status=status, step=step, config=config, model=model, params=state.params, mesh=mesh,
+                       last_metrics=last, steps_per_sec=sps, wall_s=time.perf_counter() - t_start,
+                       start_step=start_step)
+  if status == "done" and evaluator is not None:
+    result.eval = evaluator(state.params, workdir)
+  return result
+
+
+def _compile(config, model, tx, schedule, shardings, abstract_state, mesh):
+  """The jitted step, lowered for the global batch and compiled once."""
+  keys = step_keys(config)
+  ex = factory.example_batch(config, config.batch_size)
+  b_shard = sharding.batch_shardings(config, mesh, {k: ex[k].shape for k in keys})
+  step_fn = step_lib.make_step_fn(step_lib.loss_fn_for(config, model), tx, schedule,
+                                  int(config.optim.grad_accum_steps))
+  jstep = step_lib.jit_step(step_fn, shardings, b_shard, mesh)
+  abstract_batch = {k: jax.ShapeDtypeStruct(ex[k].shape, ex[k].dtype, sharding=b_shard[k]) for k in keys}
+  t0 = time.perf_counter()
+  with sharding.config_mesh_context(config, mesh):
+    compiled = jstep.lower(abstract_state, abstract_batch).compile()
+  print(f"[{config.mode}] train step compiled in {time.perf_counter() - t0:.1f}s", flush=True)
+  return compiled, keys, b_shard
+
+
+def _window_mean(fetched: list[tuple[int, dict]]) -> dict:
+  """Mean of each metric over the window; lr is the last value."""
+  out = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[-1][1]}
+  out["lr"] = float(fetched[-1][1]["lr"])
+  return out
+
+
+def _loop(run: _Run, state, start_step: int):
+  """Steps until total_steps (or a stop / preemption); returns (status, step, state, last metrics, steps/s)."""
+  config = run.config
+  sync_every = max(1, min(config.log_every_steps, _MAX_UNSYNCED_STEPS))
+  log_every = max(1, config.log_every_steps)
+  ckpt_every = max(1, config.checkpoint_every_steps)
+  pending: list[tuple[int, Any]] = []
+  window: list[tuple[int, dict]] = []
+  last: dict = {}
+  reference = None
+  t_run = first_timed_step = None
+  step, status = start_step, "done"
+  while step < run.total_steps:
+    t0 = time.perf_counter()
+    batch = sharding.place_batch(next(run.iterator), run.keys, run.batch_shardings)
+    run.writer.add_data_time(time.perf_counter() - t0)
+    state, m = run.compiled(state, batch)
+    step += 1
+    pending.append((step, m))
+    stop = run.stop_at_step is not None and step >= run.stop_at_step
+    preempted = run.preempt.is_set() or run.ckpt.reached_preemption(step)
+    save_now = step % ckpt_every == 0 or step == run.total_steps or stop or preempted
+    if len(pending) >= sync_every or step % log_every == 0 or save_now:
+      fetched = [(s, {k: float(v) for k, v in jax.device_get(mm).items()}) for s, mm in pending]
+      pending.clear()
+      if reference is None:
+        reference = fetched[0][1]["loss"]
+      # Raises before this state can be checkpointed: the last good checkpoint stays.
+      logger.check_losses([(s, mm["loss"]) for s, mm in fetched], reference, config.log.explode_factor)
+      window.extend(fetched)
+      last = fetched[-1][1]
+      if t_run is None:  # the first step includes compilation / warm-up: start the clock after it
+        t_run, first_timed_step = time.perf_counter(), step
+        run.writer.restart_clock(step)
+      if step % log_every == 0 or step == run.total_steps or stop or preempted:
+        run.writer.write(step, _window_mean(window))
+        window.clear()
+      _maybe_eval(run, state, step)
+    if save_now:
+      run.ckpt.save(step, state, run.iterator, force=stop or preempted)
+    if stop or preempted:
+      status = "preempted" if preempted else "stopped"
+      run.ckpt.wait()
+      print(f"[{config.mode}] {status} at step {step}; checkpoint saved in {run.ckpt.directory} "
+            "(rerun the same command to resume)", flush=True)
+      break
+  sps = None
+  if t_run is not None and step > first_timed_step:
+    sps = (step - first_timed_step) / (time.perf_counter() - t_run)
+  return status, step, state, last, sps
+
+
+def _maybe_eval(run: _Run, state, step: int):
+  every = run.config.eval_every_steps
+  if run.evaluator is None or every <= 0 or step % every or step == run.total_steps:
+    return
+  res = run.evaluator(state.params, None)
+  if res:
+    run.writer.scalars(step, {f"eval/{k}": float(v) for k, v in res.items() if np.isscalar(v)})
