@@ -8,6 +8,6 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 python3 -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())" | tee -a "$out/gpu.txt"
 JAX_DEFAULT_MATMUL_PRECISION=highest timeout -k 10 150 python3 -m pytest -q -x \
-  tests/test_targets.py tests/test_models.py -k "parity or hog or golden" 2>&1 | tail -15 | tee "$out/parity.txt"
+  tests/test_targets.py tests/models/test_mvit.py -k "parity or hog or golden" 2>&1 | tail -15 | tee "$out/parity.txt"
 timeout -k 10 90 python3 benchmarks/hog_bench.py 2>&1 | tee "$out/hog.txt"
 timeout -k 10 330 python3 benchmarks/model_bench.py --gpu --skip_ft_flops 2>&1 | tee "$out/model_gpu.txt"

@@ -28,6 +28,7 @@ import numpy as np
 
 from maskfeat_jax.config import base_config
 from maskfeat_jax.data import build_shards
+from maskfeat_jax.data import label_files
 from maskfeat_jax.data import pipeline
 from maskfeat_jax.data import storage
 from maskfeat_jax.data import transforms
@@ -137,7 +138,7 @@ def main(argv):
       path = os.path.join(tmp, f"v{i}.mp4")
       make_video(path, FLAGS.seconds, FLAGS.height, FLAGS.width, i)
       videos.append(path)
-    items = [build_shards.Item(f"v{i}", p, "a", "train") for i, p in enumerate(videos)]
+    items = [label_files.Item(f"v{i}", p, "a", "train") for i, p in enumerate(videos)]
     build_shards.convert(items, os.path.join(tmp, "out"), "bench", ["a"], build_shards.Options(short_side=320),
                     progress=False)
     meta = storage.read_meta(storage.dataset_dir(os.path.join(tmp, "out"), "bench"))

@@ -71,7 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.target.cell_size = 8
   c.target.gaussian_window = 0
 
-  # ---- mask (owned by maskfeat_jax.masking) ----
+  # ---- mask (owned by maskfeat_jax.data.masking) ----
   c.mask = ml_collections.ConfigDict()
   c.mask.type = "cube"  # 'cube' | 'block' | 'tube' | 'frame' | 'random' | 'none'
   c.mask.grid = (8, 7, 7)  # (T', H', W') for video, (H', W') for images

@@ -6,7 +6,8 @@
   demo               -> demo.run_demo (pre-train, fine-tune, evaluate; the same fine-tuning from scratch)
 
 Every check that needs no compilation (config.validate: mode and model type, input and mask shapes, batch
-divisibility; the dataset and its splits) runs first, with messages that say what to change.
+divisibility; the dataset and every split the run will read) runs first, with messages that say what to
+change.
 """
 import dataclasses
 import os
@@ -20,6 +21,7 @@ from maskfeat_jax import demo
 from maskfeat_jax import sharding
 from maskfeat_jax.checkpoints import init as init_lib
 from maskfeat_jax.data import pipeline
+from maskfeat_jax.data import splits
 from maskfeat_jax.eval import multiview
 from maskfeat_jax.eval import probe
 from maskfeat_jax.models import factory
@@ -57,11 +59,38 @@ def _with_num_classes(config, info):
   return config
 
 
+def splits_read(config) -> dict[str, str]:
+  """Every split this run will read, by the config key that names it (checked before compilation)."""
+  out = {}
+  if config.mode in ("pretrain", "finetune"):
+    out["config.data.train_split"] = config.data.train_split
+  if config.mode in ("finetune", "eval"):
+    out["config.data.eval_split"] = config.data.eval_split
+  if config.mode == "probe" or (config.mode == "pretrain" and config.eval_every_steps > 0):
+    out["config.probe.train_split"] = config.probe.train_split or config.data.train_split
+    out["config.probe.eval_split"] = config.probe.eval_split or config.data.eval_split
+  return out
+
+
+def check_splits(config, dataset) -> None:
+  """Each split the run reads exists in the dataset (a missing eval split must not surface after training)."""
+  sizes = getattr(dataset, "split_sizes", None)
+  if not isinstance(sizes, dict):
+    return  # an injected dataset that does not list its splits
+  where = f"dataset {config.data.name!r} (config.data.name, in {config.data.data_dir})"
+  for key, split in splits_read(config).items():
+    try:
+      splits.resolve_split(split, sizes, where=where)
+    except ValueError as e:
+      raise ValueError(f"{key}={split!r}: {e}") from None
+
+
 def prepare(config, parts: Components | None = None) -> _Prepared:
   """Validates config (before any compilation), finds the dataset, builds the mesh and the model."""
   parts = parts or Components()
   config_lib.validate(config, process_count=jax.process_count(), model_from_config=parts.model is None)
   info = parts.dataset_info if parts.dataset_info is not None else pipeline.prepare_dataset(config)
+  check_splits(config, info)
   config = _with_num_classes(config, info)
   mesh = sharding.make_mesh(config.mesh)
   config_lib.validate(config, mesh_shape=dict(mesh.shape), process_count=jax.process_count(),
@@ -105,6 +134,12 @@ def run_probe(config, workdir: str, parts: Components | None = None) -> dict:
   return probe.linear_probe(p.config, p.model, _frozen_params(p), p.mesh, workdir=workdir)
 
 
+def _check_phase(config, parts: Components) -> None:
+  """A demo phase's config and splits, checked before the first phase compiles anything."""
+  config_lib.validate(config, process_count=jax.process_count(), model_from_config=parts.model is None)
+  check_splits(config, parts.dataset_info if parts.dataset_info is not None else pipeline.prepare_dataset(config))
+
+
 def setup_compilation_cache(config):
   """Turns on JAX's persistent compilation cache in config.compilation_cache_dir ('' = off)."""
   path = config.compilation_cache_dir
@@ -129,6 +164,5 @@ def run(config: ml_collections.ConfigDict, workdir: str, parts: Components | Non
   if mode == "demo":
     # The demo runs its phases through `train` (passed in: demo.py needs nothing of this module).
     return demo.run_demo(config, workdir, train_phase=lambda c, d: train(c, d, parts),
-                         check=lambda c: config_lib.validate(c, model_from_config=parts is None
-                                                             or parts.model is None))
+                         check=lambda c: _check_phase(c, parts or Components()))
   raise ValueError(f"config.mode={mode!r}: expected one of {config_lib.MODES}.")

@@ -90,6 +90,7 @@ def test_demo_checks_the_finetuning_phase_before_pretraining(tmp_path, no_compil
   assert not (tmp_path / "w" / "pretrain").exists()
 
 
+@pytest.mark.slow
 def test_demo_tiny_smoke(tmp_path):
   """The README command on the :tiny variant: pre-train, fine-tune + eval, scratch + eval, the table."""
   wd = tmp_path / "demo"

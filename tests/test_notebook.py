@@ -3,6 +3,8 @@
 (Executing it takes a minute of pre-training; CI checks that it parses and that its imports resolve.)
 """
 import ast
+import importlib
+import importlib.util
 import json
 import pathlib
 
@@ -22,8 +24,6 @@ def test_notebook_cells_parse():
 
 
 def test_notebook_package_imports_resolve():
-  import importlib
-  import importlib.util
   for src in _code_cells():
     for node in ast.walk(ast.parse(src)):
       if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("maskfeat_jax"):

@@ -4,7 +4,9 @@ Items per step: `state` (TrainState: params, optimizer state, step, RNG key; sha
 (the Grain iterator state, one JSON file per process). Saves are asynchronous; Orbax writes each step into a
 temporary directory and renames it when complete, so a run killed at any moment (even mid-save) leaves only
 complete step directories behind; `latest_step()` ignores the temporary ones. If the newest complete step
-still fails to restore (e.g. a damaged file system), the previous one is tried.
+still fails to restore (e.g. a damaged file system), the previous one is tried; once an older step restores,
+the damaged newer ones are renamed to `<step>.damaged-<n>` (kept for inspection, invisible to Orbax), so the
+resumed run saves those steps again instead of Orbax skipping them as already saved.
 
 Converted official weights (checkpoints/slowfast.py) use the same layout with a params-only `state` at step
 0 (`save_params`), so `restore_params` reads a training run's workdir and a converted one alike.
@@ -20,6 +22,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
 
 class _IteratorSnapshot:
@@ -93,14 +96,36 @@ class Checkpointer:
     errors = []
     for s in steps:
       try:
-        return s, self._restore_step(s, abstract_state, iterator)
+        restored = self._restore_step(s, abstract_state, iterator)
       except Exception as e:  # pylint: disable=broad-except
         logging.warning("Checkpoint %d in %s could not be restored (%s); trying an older one.",
                         s, self.directory, e)
-        errors.append(f"{s}: {e}")
+        errors.append((s, e))
+        continue
+      if errors:  # only once an older step restores: a failure of every step may be a config mismatch
+        self._set_aside(errors, restored_step=s)
+      return s, restored
     if errors:
-      raise RuntimeError(f"No checkpoint in {self.directory} could be restored: {errors}")
+      raise RuntimeError(f"No checkpoint in {self.directory} could be restored:\n" + "\n".join(
+          f"  step {s}: {e}" for s, e in errors))
     return None, None
+
+  def _set_aside(self, damaged: list[tuple[int, Exception]], restored_step: int):
+    """Renames the damaged step directories out of Orbax's sight, so this run saves those steps again."""
+    if jax.process_index() == 0:
+      for s, e in damaged:
+        src = os.path.join(self.directory, str(s))
+        n = 1
+        while os.path.exists(f"{src}.damaged-{n}"):
+          n += 1
+        os.rename(src, f"{src}.damaged-{n}")
+        logging.warning(
+            "Checkpoint %d in %s is damaged (%s). Resumed from step %d instead; the damaged step was moved "
+            "to %s (nothing deleted) and will be saved again.", s, self.directory, e, restored_step,
+            f"{src}.damaged-{n}")
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("maskfeat_set_aside_damaged_checkpoints")
+    self.manager.reload()  # forget the moved steps: otherwise save() skips them as already saved
 
   def _restore_step(self, step: int, abstract_state, iterator):
     items = {"state": ocp.args.StandardRestore(abstract_state)}
@@ -128,23 +153,38 @@ def restore_params(path: str) -> Any:
   """Params of one of our checkpoints (a workdir, its checkpoints/ dir or a step dir) as host numpy arrays.
 
   Used to initialise fine-tuning from a pre-training run, whose param tree differs from the fine-tuning one,
-  so no restore target is given.
+  so no restore target is given. Given a workdir or checkpoints/ dir, takes the newest step that restores
+  (warning about any newer damaged one).
   """
   path = os.path.abspath(os.path.expanduser(path))
   if os.path.isdir(os.path.join(path, "checkpoints")):
     path = os.path.join(path, "checkpoints")
   if os.path.isdir(os.path.join(path, "state")):  # a step directory
-    step_dir = path
-  else:
-    mngr = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(read_only=True),
-                                 item_handlers={"state": ocp.StandardCheckpointHandler()})
-    step = mngr.latest_step()
-    if step is None:
-      raise FileNotFoundError(
-          f"config.init_from={path}: no complete checkpoint found there; point it at a pre-training "
-          "workdir, its checkpoints/ directory, or a step directory.")
-    step_dir = os.path.join(path, str(step))
-    mngr.close()
+    return _restore_params_step(path)
+  mngr = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(read_only=True),
+                               item_handlers={"state": ocp.StandardCheckpointHandler()})
+  steps = sorted(mngr.all_steps(), reverse=True)
+  mngr.close()
+  if not steps:
+    raise FileNotFoundError(
+        f"config.init_from={path}: no complete checkpoint found there; point it at a pre-training "
+        "workdir, its checkpoints/ directory, or a step directory.")
+  errors = []
+  for step in steps:
+    try:
+      params = _restore_params_step(os.path.join(path, str(step)))
+    except Exception as e:  # pylint: disable=broad-except
+      errors.append((step, e))
+      continue
+    for s, e in errors:
+      logging.warning("config.init_from=%s: checkpoint %d is damaged (%s); using step %d, the newest that "
+                      "restores.", path, s, e, step)
+    return params
+  raise RuntimeError(f"config.init_from={path}: no checkpoint there could be restored:\n" + "\n".join(
+      f"  step {s}: {e}" for s, e in errors))
+
+
+def _restore_params_step(step_dir: str) -> Any:
   with ocp.StandardCheckpointer() as ckptr:
     meta = ckptr.metadata(os.path.join(step_dir, "state"))
     tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta

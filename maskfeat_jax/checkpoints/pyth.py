@@ -3,11 +3,13 @@
 A restricted unpickler rebuilds only tensors, storages and plain containers, and reads a tensor's bytes from
 the zip only when it is materialised, so `model_state` loads while the optimizer state is never read.
 `read_pyth_with_torch` is the fallback for legacy non-zip files (needs `pip install -e .[torch]`).
+A file that is neither (a truncated download, random bytes) raises `ValueError` naming its size.
 """
 import collections
 import pathlib
 import pickle
 import zipfile
+import zlib
 
 import ml_dtypes
 import numpy as np
@@ -19,6 +21,36 @@ def _storage_dtypes() -> dict:
       "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
       "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
   }
+
+
+class LegacyFormatError(ValueError):
+  """A legacy (pre-1.6, non-zip) torch.save file: a bare pickle stream that only torch can read."""
+
+
+class UnsupportedObjectError(pickle.UnpicklingError):
+  """The checkpoint pickles an object the restricted reader will not build (torch may read it)."""
+
+
+def _corrupt(path: pathlib.Path, detail: str) -> ValueError:
+  size = path.stat().st_size
+  return ValueError(f"{path}: truncated or corrupt checkpoint ({size} bytes): {detail}; download or copy "
+                    "it again")
+
+
+def _check_format(path: pathlib.Path) -> None:
+  """Raises unless `path` is a complete zip: LegacyFormatError for a legacy pickle, else a corrupt-file error."""
+  if zipfile.is_zipfile(path):
+    return
+  with open(path, "rb") as f:
+    head = f.read(4)
+  if head.startswith(b"PK"):
+    # A zip's directory sits at its end: a cut-off download keeps the zip header but loses the directory.
+    raise _corrupt(path, "it starts like a torch zip checkpoint but its zip directory (at the end) is missing")
+  if head.startswith(b"\x80"):
+    # torch.save before 1.6 wrote a bare pickle stream, which starts with the pickle PROTO opcode 0x80.
+    raise LegacyFormatError(f"{path}: not a torch zip checkpoint but a legacy (non-zip) torch.save file; "
+                            "reading it needs torch: `pip install -e .[torch]`")
+  raise _corrupt(path, f"neither a torch zip checkpoint nor a pickle (first bytes {head!r})")
 
 
 class _StorageType:
@@ -86,13 +118,13 @@ class _RestrictedUnpickler(pickle.Unpickler):
                  "int16": "ShortStorage", "int8": "CharStorage", "uint8": "ByteStorage",
                  "bool": "BoolStorage"}[name]
       return _StorageType(np.dtype(self._dtypes[storage]).newbyteorder(self._order))
-    raise pickle.UnpicklingError(
+    raise UnsupportedObjectError(
         f"refusing to unpickle {module}.{name}: the torch-free checkpoint reader only rebuilds tensors "
         "and plain containers (install torch to read other objects)")
 
   def persistent_load(self, pid):
     if not isinstance(pid, tuple) or not pid or pid[0] != "storage":
-      raise pickle.UnpicklingError(f"unsupported persistent id {pid!r} in checkpoint")
+      raise UnsupportedObjectError(f"unsupported persistent id {pid!r} in checkpoint")
     _, storage_type, key, _location, _numel = pid
     dtype = storage_type.dtype if isinstance(storage_type, _StorageType) else np.dtype(np.uint8)
     return (str(key), dtype)
@@ -114,9 +146,17 @@ def read_pyth(path) -> dict:
   Only `model_state` (or a bare state dict) is materialised; other tensors (optimizer state) are skipped.
   """
   path = pathlib.Path(path)
-  if not zipfile.is_zipfile(path):
-    raise ValueError(f"{path}: not a torch zip checkpoint (legacy non-zip torch.save files need torch: "
-                     "`pip install -e .[torch]`)")
+  _check_format(path)
+  try:
+    return _read_zip(path)
+  except UnsupportedObjectError:
+    raise
+  except (zipfile.BadZipFile, zlib.error, EOFError, KeyError, pickle.UnpicklingError) as e:
+    # The zip directory is intact but a member is damaged (bad CRC, cut-off pickle, missing tensor file).
+    raise _corrupt(path, f"{type(e).__name__}: {e}") from e
+
+
+def _read_zip(path: pathlib.Path) -> dict:
   with zipfile.ZipFile(path) as zf:
     names = zf.namelist()
     pkl = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]

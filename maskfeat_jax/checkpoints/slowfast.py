@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import pathlib
-import pickle
 import re
 from typing import Any, Optional
 
@@ -309,7 +308,8 @@ def load_official_checkpoint(path, config: Any = None) -> tuple[ml_collections.C
   else:
     try:
       ckpt = pyth.read_pyth(path)
-    except (ValueError, pickle.UnpicklingError) as err:
+    except (pyth.LegacyFormatError, pyth.UnsupportedObjectError) as err:
+      # Only these need torch itself; a truncated or corrupt file keeps its own message (torch can't help).
       try:
         ckpt = pyth.read_pyth_with_torch(path)
       except ImportError:

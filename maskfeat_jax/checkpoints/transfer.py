@@ -8,10 +8,10 @@ from typing import Any, Optional
 
 import flax.linen as nn
 import jax
-import ml_collections
 import numpy as np
 from flax import traverse_util
 
+from maskfeat_jax.config import locked_copy
 from maskfeat_jax.models import layers
 
 
@@ -19,7 +19,7 @@ def finetune_config(pt_config: Any, num_classes: int, drop_path_rate: Optional[f
   """The fine-tuning layout of a pre-training config: the official MaskFeat PT and FT MViT configs differ
   only in the last stage's Q stride, so the last-stage block gets (1, 2, 2) back; ViT layouts are unchanged.
   """
-  c = ml_collections.ConfigDict(pt_config.to_dict())
+  c = locked_copy(pt_config)
   m = c.model
   m.type, m.num_classes = "classifier", int(num_classes)
   m.head_init_scale = 0.001

@@ -1,4 +1,4 @@
-r"""Converts a folder of videos + labels into the TFDS array_record format of `tfds_video`.
+r"""Converts a folder of videos + labels into the TFDS array_record format of `data/storage.py`.
 
   python -m maskfeat_jax.data.build_shards --videos_dir=/data/k400/videos --labels=/data/k400/train.csv \
       --output_dir=~/tensorflow_datasets --name=kinetics400 [--short_side=320] [--fps=0] [--jpeg_quality=90]
@@ -13,22 +13,20 @@ Label files:
     without brackets; --ssv2_label_map (the labels JSON, name -> index) fixes the class order.
 
 Each video is decoded with PyAV (mp4/webm/avi/mkv...), optionally resampled to --fps, resized so its short side is
---short_side (never upscaled) and stored as JPEG frames. Work runs in --num_workers processes; shard k of a split
-holds rows k, k + N, k + 2N, ... of the label file (deterministic). A shard is written under a temporary name
-and renamed when complete, together with a small sidecar (.convert/) saying what it holds: a rerun skips finished
-shards. Bad inputs (missing, empty, truncated, not a video, undecodable) are skipped, counted and listed in
+--short_side (never upscaled) and stored as JPEG frames. Work runs in --num_workers processes (data/worker_pool.py:
+a crashing worker skips only its video; workers exit when the converter dies); shard k of a split holds rows
+k, k + N, k + 2N, ... of the label file (deterministic). A shard is written under a temporary name and renamed
+when complete, together with a small sidecar (.convert/) saying what it holds: a rerun skips finished shards.
+Bad inputs (missing, empty, truncated, not a video, undecodable) are skipped, counted and listed in
 `conversion_report.json`; dataset_info.json / features.json are (re)written at the end for every finished split.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import collections
-import csv
 import dataclasses
 import hashlib
 import json
 import math
-import multiprocessing
 import os
 import pathlib
 import re
@@ -42,21 +40,11 @@ from absl import logging
 from tqdm import tqdm
 
 from maskfeat_jax.data import storage
+from maskfeat_jax.data import worker_pool
+from maskfeat_jax.data.label_files import Item, class_names_for, label_index, read_label_file
 
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv")
 STATE_DIR = ".convert"
 REPORT_FILE = "conversion_report.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class Item:
-  """One row of the label file."""
-  video_id: str
-  path: str  # absolute path, or "" when the file was not found
-  label: str
-  split: str
-  time_start: float = -1.0
-  time_end: float = -1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,114 +53,6 @@ class Options:
   fps: float = 0.0
   jpeg_quality: int = 90
   trim: bool = False
-
-
-# ----------------------------------------------------------------------------------------------- label files
-def index_videos(videos_dir: str) -> dict[str, str]:
-  """Maps file stem -> path for every video file under videos_dir (sorted walk: deterministic on duplicates)."""
-  index = {}
-  for root, dirs, files in os.walk(videos_dir):
-    dirs.sort()
-    for name in sorted(files):
-      stem, ext = os.path.splitext(name)
-      if ext.lower() in VIDEO_EXTENSIONS or ext == "":
-        index.setdefault(stem, os.path.join(root, name))
-  return index
-
-
-def _read_kinetics(rows: list[dict[str, str]], videos_dir: str, label_file: str) -> list[Item]:
-  index = index_videos(videos_dir)
-  items = []
-  for line, row in enumerate(rows, start=2):
-    try:
-      start, end = float(row["time_start"]), float(row["time_end"])
-      yid = row["youtube_id"].strip()
-      label = row["label"].strip()
-    except (KeyError, ValueError, AttributeError) as e:
-      raise ValueError(f"{label_file}:{line}: malformed Kinetics row {row}: {e}") from e
-    video_id = f"{yid}_{int(start):06d}_{int(end):06d}"
-    path = index.get(video_id) or index.get(yid) or ""
-    split = (row.get("split") or "train").strip()
-    items.append(Item(video_id, path, label, split, start, end))
-  return items
-
-
-def _read_path_list(lines: list[str], videos_dir: str, split: str, label_file: str) -> list[Item]:
-  items = []
-  for line_no, line in enumerate(lines, start=1):
-    line = line.strip()
-    if not line:
-      continue
-    parts = [p.strip() for p in (line.rsplit(",", 1) if "," in line else line.rsplit(None, 1))]
-    if len(parts) != 2 or not parts[0] or not parts[1]:
-      raise ValueError(f"{label_file}:{line_no}: expected `path,label` (or `path label`), got {line!r}")
-    rel, label = parts
-    if line_no == 1 and rel.lower() in ("path", "video", "filename", "file") and label.lower() in ("label", "class"):
-      continue  # header
-    path = rel if os.path.isabs(rel) else os.path.join(videos_dir, rel)
-    video_id = os.path.splitext(rel)[0]
-    items.append(Item(video_id, path if os.path.exists(path) else "", label, split))
-  return items
-
-
-def _read_ssv2(entries: list[dict[str, Any]], videos_dir: str, split: str, label_file: str) -> list[Item]:
-  index = index_videos(videos_dir)
-  items = []
-  for n, entry in enumerate(entries):
-    if "id" not in entry or not ("template" in entry or "label" in entry):
-      raise ValueError(f"{label_file}: entry {n} has no `id` and `template`/`label`: {entry}")
-    label = str(entry.get("template", entry.get("label"))).replace("[", "").replace("]", "")
-    video_id = str(entry["id"])
-    items.append(Item(video_id, index.get(video_id, ""), label, split))
-  return items
-
-
-def read_label_file(label_file: str, videos_dir: str, split: str) -> list[Item]:
-  """Reads any supported label file into Items (file order)."""
-  if not os.path.isfile(label_file):
-    raise FileNotFoundError(f"--labels file not found: {label_file}")
-  if label_file.endswith(".json"):
-    with open(label_file) as f:
-      entries = json.load(f)
-    if not isinstance(entries, list):
-      raise ValueError(f"{label_file}: expected a JSON list of {{id, template}} entries (SSv2 format)")
-    return _read_ssv2(entries, videos_dir, split, label_file)
-  with open(label_file, newline="") as f:
-    text = f.read()
-  first = text.splitlines()[0] if text.strip() else ""
-  header = [h.strip() for h in first.split(",")]
-  if {"label", "youtube_id", "time_start", "time_end"} <= set(header):
-    return _read_kinetics(list(csv.DictReader(text.splitlines())), videos_dir, label_file)
-  return _read_path_list(text.splitlines(), videos_dir, split, label_file)
-
-
-def class_names_for(items: Sequence[Item], class_names_file: str = "", label_map_file: str = "",
-                    existing: Sequence[str] | None = None) -> list[str]:
-  """Class order: --class_names file, else the SSv2 label map, else an existing dataset's, else sorted labels."""
-  if class_names_file:
-    names = [l.strip() for l in pathlib.Path(class_names_file).read_text().splitlines() if l.strip()]
-  elif label_map_file:
-    mapping = json.loads(pathlib.Path(label_map_file).read_text())
-    names = [name for name, _ in sorted(mapping.items(), key=lambda kv: int(kv[1]))]
-  elif existing:
-    names = list(existing)
-  else:
-    labels = sorted({it.label for it in items})
-    if labels and all(re.fullmatch(r"\d+", l) for l in labels):
-      names = [str(i) for i in range(max(int(l) for l in labels) + 1)]
-    else:
-      names = labels
-  if len(set(names)) != len(names):
-    raise ValueError("class names are not unique")
-  return names
-
-
-def label_index(item: Item, names: Sequence[str], lookup: dict[str, int]) -> int:
-  if item.label in lookup:
-    return lookup[item.label]
-  if re.fullmatch(r"\d+", item.label) and int(item.label) < len(names):
-    return int(item.label)
-  raise ValueError(f"label {item.label!r} of video {item.video_id!r} is not one of the {len(names)} classes")
 
 
 # ----------------------------------------------------------------------------------------------- decoding
@@ -339,60 +219,8 @@ def _run_workers(work: list[Item], class_names, options, num_workers: int, fn=No
   if num_workers <= 0:
     _init_worker(class_names, options)
     return map(fn, work)
-  return _CrashSafePool(fn, work, list(class_names), options, num_workers)
-
-
-class _CrashSafePool:
-  """Ordered results from worker processes that survives a worker dying (e.g. a segfault inside FFmpeg).
-
-  multiprocessing.Pool silently loses the task of a worker that dies, so its results never arrive and the
-  conversion hangs. concurrent.futures marks the pool broken instead; we then rerun each unfinished item
-  alone in a fresh pool, so only the video that kills a worker is skipped (and reported), the rest convert.
-  """
-
-  def __init__(self, fn, work, class_names, options, num_workers: int):
-    self.fn, self.work, self.num_workers = fn, work, num_workers
-    self.initargs = (class_names, options)
-    self.window = 4 * num_workers  # items in flight: bounds memory, keeps order cheap
-
-  def _executor(self, workers: int):
-    # 'spawn': PyAV/FFmpeg and the absl/grain state of the parent are not fork-safe in general.
-    return concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                  initializer=_init_worker, initargs=self.initargs)
-
-  def _alone(self, item: Item) -> tuple[str, Any]:
-    ex = self._executor(1)
-    try:
-      return ex.submit(self.fn, item).result()
-    except concurrent.futures.process.BrokenProcessPool:
-      logging.warning("A worker process died while converting %s (%s).", item.video_id, item.path)
-      return "skip", "worker process died while decoding (crash inside the decoder?)"
-    finally:
-      ex.shutdown(wait=True, cancel_futures=True)
-
-  def __iter__(self):
-    ex = self._executor(self.num_workers)
-    pending = collections.deque()  # (item, future), in order
-    nxt = 0
-    try:
-      while nxt < len(self.work) or pending:
-        while nxt < len(self.work) and len(pending) < self.window:
-          pending.append((self.work[nxt], ex.submit(self.fn, self.work[nxt])))
-          nxt += 1
-        item, fut = pending.popleft()
-        try:
-          yield fut.result()
-          continue
-        except concurrent.futures.process.BrokenProcessPool:
-          pass
-        # A worker died: every unfinished item failed with it. Rerun them one by one to find the culprit.
-        ex.shutdown(wait=True, cancel_futures=True)
-        for it in [item] + [i for i, _ in pending]:
-          yield self._alone(it)
-        pending.clear()
-        ex = self._executor(self.num_workers)
-    finally:
-      ex.shutdown(wait=True, cancel_futures=True)
+  return worker_pool.CrashSafePool(fn, work, num_workers, _init_worker, (list(class_names), options),
+                                   describe=lambda it: f"{it.video_id} ({it.path})")
 
 
 def _progress(total: int, enabled: bool):

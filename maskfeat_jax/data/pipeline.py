@@ -13,7 +13,7 @@ epoch's permutation (wrapping around when P does not divide N), so the processes
 the epoch when P divides N, and cover it with ceil(N/P)*P - N repeats otherwise; all processes run the same
 number of steps.
 
-Evaluation (`make_eval_iterator`) is finite: every example of the split yields num_clips x num_crops views;
+Evaluation (`data/eval_pipeline.py::make_eval_iterator`) is finite: every example of the split yields num_clips x num_crops views;
 process p takes examples p, p + P, ...; batches are padded to full size (`valid` = False) and every process yields
 the same number of batches (collectives stay in step).
 
@@ -26,7 +26,6 @@ import dataclasses
 import functools
 import math
 import threading
-from typing import Any, Iterator
 
 import grain
 import ml_collections
@@ -56,7 +55,7 @@ class DatasetInfo:
 
 
 # ----------------------------------------------------------------------------------------------- dataset
-def _load_meta(config) -> storage.DatasetMeta:
+def load_meta(config) -> storage.DatasetMeta:
   data = config.data
   if data.name == SYNTHETIC_NAME:
     # Always this code's version (generated on first use): an older cached copy holds other content and
@@ -79,7 +78,7 @@ def _load_meta(config) -> storage.DatasetMeta:
 
 def prepare_dataset(config) -> DatasetInfo:
   """Finds (or, for synthetic_motion, generates) the dataset and returns its description."""
-  meta = _load_meta(config)
+  meta = load_meta(config)
   return DatasetInfo(name=meta.name, directory=meta.directory, num_classes=meta.num_classes,
                      class_names=meta.class_names, split_sizes=dict(meta.split_sizes),
                      image_mode=meta.image_mode)
@@ -87,7 +86,7 @@ def prepare_dataset(config) -> DatasetInfo:
 
 # ----------------------------------------------------------------------------------------------- sampling spec
 @dataclasses.dataclass(frozen=True)
-class _Spec:
+class ClipSpec:
   """The plain values of the config the map functions need (small and picklable for worker processes)."""
   seed: int
   split: str
@@ -114,11 +113,11 @@ class _Spec:
   pixel_std: tuple[float, float, float]
 
 
-def _spec(config, split: str, train: bool) -> _Spec:
+def clip_spec(config, split: str, train: bool) -> ClipSpec:
   d = config.data
   pretrain = train and config.mode == "pretrain"
   finetune_aug = train and config.mode != "pretrain"
-  return _Spec(
+  return ClipSpec(
       seed=int(config.seed), split=split, image_mode=bool(d.image_mode), num_frames=int(d.num_frames),
       sampling_rate=int(d.sampling_rate), target_fps=float(d.target_fps), crop_size=int(d.crop_size),
       use_rrc=bool(d.use_random_resized_crop), rrc_scale=tuple(float(x) for x in d.rrc_scale),
@@ -134,7 +133,7 @@ def _spec(config, split: str, train: bool) -> _Spec:
       pixel_std=tuple(float(x) for x in config.model.pixel_std))
 
 
-class _Records:
+class Records:
   """Lazily opened shard source (opened in whichever process reads, so it pickles as file names)."""
 
   def __init__(self, files: tuple[str, ...]):
@@ -156,7 +155,7 @@ class _Records:
     return {"files": self.files, "_source": None}
 
 
-class _Failures:
+class Failures:
   """Counts unreadable records in this process; raises when nothing at all could be read."""
 
   def __init__(self, split: str):
@@ -187,7 +186,7 @@ class _Failures:
     self._lock = threading.Lock()
 
 
-def _decode_frames(frames_jpeg, indices: np.ndarray) -> np.ndarray:
+def decode_frames(frames_jpeg, indices: np.ndarray) -> np.ndarray:
   """Decodes only the needed frames (each once) -> uint8 [len(indices), H, W, 3]."""
   unique, inverse = np.unique(indices, return_inverse=True)
   decoded = [storage.decode_image(frames_jpeg[i]) for i in unique]
@@ -198,14 +197,14 @@ def _decode_frames(frames_jpeg, indices: np.ndarray) -> np.ndarray:
   return np.stack(decoded)[inverse]
 
 
-def _mask_generator(spec: _Spec):
+def _mask_generator(spec: ClipSpec):
   return masking.build_mask_generator(ml_collections.ConfigDict(spec.mask))
 
 
 class _TrainMap:
   """Step index -> one training element (num_sample clips of one example), or None for an unreadable record."""
 
-  def __init__(self, spec: _Spec, records: _Records, num_examples: int, shuffle: bool, process_index: int,
+  def __init__(self, spec: ClipSpec, records: Records, num_examples: int, shuffle: bool, process_index: int,
                process_count: int, offset: int = 0):
     self.spec = spec
     self.records = records
@@ -215,7 +214,7 @@ class _TrainMap:
     self.process_index = process_index
     self.process_count = process_count
     self.per_process = math.ceil(num_examples / process_count)
-    self.failures = _Failures(spec.split)
+    self.failures = Failures(spec.split)
     self._mask_gen = None
 
   def example_at(self, step_index: int) -> tuple[int, int]:
@@ -255,7 +254,7 @@ def _epoch_order(seed: int, epoch: int, num_examples: int, shuffle: bool) -> np.
   return np.random.default_rng([seed, epoch, num_examples, 0x5EED]).permutation(num_examples)
 
 
-def _augment(spec: _Spec, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _augment(spec: ClipSpec, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   """Fine-tuning augmentations of a cropped uint8 clip [T,H,W,3] or image [H,W,3].
 
   Applied after the crop (SlowFast applies RandAugment to the decoded frames before it; the ops' magnitudes are
@@ -275,14 +274,14 @@ def _augment(spec: _Spec, x: np.ndarray, rng: np.random.Generator) -> np.ndarray
   return x
 
 
-def _video_train(spec: _Spec, record: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _video_train(spec: ClipSpec, record: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
   parsed = storage.parse_video_record(record)
   frames = parsed["frames"]
   index_sets = [transforms.temporal_indices(len(frames), parsed["fps"], spec.num_frames, spec.sampling_rate,
                                             spec.target_fps, rng=rng) for _ in range(spec.num_sample)]
   # Repeated sampling: the frames of all clips are decoded once.
   all_indices = np.concatenate(index_sets)
-  decoded = _decode_frames(frames, all_indices)
+  decoded = decode_frames(frames, all_indices)
   clips = []
   for k in range(spec.num_sample):
     clip = decoded[k * spec.num_frames:(k + 1) * spec.num_frames]
@@ -293,7 +292,7 @@ def _video_train(spec: _Spec, record: bytes, rng: np.random.Generator) -> dict[s
   return {"video": np.stack(clips), "label": np.full((spec.num_sample,), parsed["label"], np.int32)}
 
 
-def _image_train(spec: _Spec, record: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _image_train(spec: ClipSpec, record: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
   parsed = storage.parse_image_record(record)
   image = storage.decode_image(parsed["image"])
   images = []
@@ -303,7 +302,7 @@ def _image_train(spec: _Spec, record: bytes, rng: np.random.Generator) -> dict[s
   return {"image": np.stack(images), "label": np.full((spec.num_sample,), parsed["label"], np.int32)}
 
 
-def _image_rrc(image: np.ndarray, spec: _Spec, rng: np.random.Generator) -> np.ndarray:
+def _image_rrc(image: np.ndarray, spec: ClipSpec, rng: np.random.Generator) -> np.ndarray:
   """Image pre-training crop as timm's RandomResizedCropAndInterpolation(bicubic) + flip (PIL resampling)."""
   h, w = image.shape[:2]
   top, left, ch, cw = transforms.random_resized_crop_box(h, w, spec.rrc_scale, spec.rrc_aspect, rng)
@@ -330,7 +329,7 @@ def _check_batch(config, process_count: int) -> int:
   return local
 
 
-def _read_options(config, elements_per_batch: int):
+def read_options(config, elements_per_batch: int):
   return grain.ReadOptions(num_threads=2,
                            prefetch_buffer_size=max(1, config.data.prefetch_buffer_size * elements_per_batch))
 
@@ -343,140 +342,17 @@ def make_train_iterator(config, *, process_index: int = 0, process_count: int = 
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} outside [0, {process_count})")
   local_batch = _check_batch(config, process_count)
-  meta = _load_meta(config)
+  meta = load_meta(config)
   split = config.data.train_split
   files = meta.files(split)
   start, stop = meta.split_range(split)  # an empty split or slice is an error naming it
-  fn = _TrainMap(_spec(config, split, train=True), _Records(files), stop - start, bool(config.data.shuffle),
+  fn = _TrainMap(clip_spec(config, split, train=True), Records(files), stop - start, bool(config.data.shuffle),
                  process_index, process_count, offset=start)
   videos_per_batch = local_batch // config.data.num_sample
   ds = grain.MapDataset.range(fn.per_process).repeat().map_with_index(fn)
-  it = ds.to_iter_dataset(_read_options(config, videos_per_batch))
+  it = ds.to_iter_dataset(read_options(config, videos_per_batch))
   it = it.batch(videos_per_batch, drop_remainder=True, batch_fn=_concat_batch)
   if config.data.num_workers > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(config.data.num_workers),
                                                      per_worker_buffer_size=int(config.data.prefetch_buffer_size)))
   return iter(it)
-
-
-# ----------------------------------------------------------------------------------------------- evaluation
-class _EvalMap:
-  """Example index -> all its views {'video' [V,...], 'label', 'ok'} (ok False for an unreadable record)."""
-
-  def __init__(self, spec: _Spec, records: _Records):
-    self.spec = spec
-    self.records = records
-    self.failures = _Failures(spec.split)
-    self.num_views = 1 if spec.image_mode else spec.num_clips * len(transforms.spatial_indices(spec.num_crops))
-
-  def view_shape(self) -> tuple[int, ...]:
-    s = self.spec.crop_size
-    return (s, s, 3) if self.spec.image_mode else (self.spec.num_frames, s, s, 3)
-
-  def __call__(self, example: int) -> dict[str, Any]:
-    try:
-      record = self.records[example]
-      views, label = (_image_eval if self.spec.image_mode else _video_eval)(self.spec, record)
-    except Exception as error:  # pylint: disable=broad-except
-      self.failures.record(example, error)
-      return {"views": np.zeros((self.num_views,) + self.view_shape(), np.uint8), "label": np.int32(0),
-              "example": np.int32(example), "ok": np.bool_(False)}
-    self.failures.ok()
-    return {"views": views, "label": np.int32(label), "example": np.int32(example), "ok": np.bool_(True)}
-
-
-def _video_eval(spec: _Spec, record: bytes):
-  parsed = storage.parse_video_record(record)
-  frames = parsed["frames"]
-  crops = transforms.spatial_indices(spec.num_crops)
-  index_sets = [transforms.temporal_indices(len(frames), parsed["fps"], spec.num_frames, spec.sampling_rate,
-                                            spec.target_fps, clip_idx=k, num_clips=spec.num_clips)
-                for k in range(spec.num_clips)]
-  decoded = _decode_frames(frames, np.concatenate(index_sets))
-  views = []
-  for k in range(spec.num_clips):  # view = clip_idx * num_crops + crop position (official order)
-    clip = decoded[k * spec.num_frames:(k + 1) * spec.num_frames]
-    for spatial_idx in crops:
-      views.append(transforms.test_spatial(clip, short_side=spec.test_short_side, crop_size=spec.crop_size,
-                                           spatial_idx=spatial_idx))
-  return np.stack(views), parsed["label"]
-
-
-def _image_eval(spec: _Spec, record: bytes):
-  """timm eval: bicubic resize of the short side to test_short_side, centre crop (PIL)."""
-  parsed = storage.parse_image_record(record)
-  image = storage.decode_image(parsed["image"])
-  h, w = image.shape[:2]
-  rh, rw = transforms.short_side_size(h, w, spec.test_short_side)
-  resized = np.asarray(Image.fromarray(image).resize((rw, rh), Image.BICUBIC))
-  top = int(round((rh - spec.crop_size) / 2))
-  left = int(round((rw - spec.crop_size) / 2))
-  return resized[None, top:top + spec.crop_size, left:left + spec.crop_size], parsed["label"]
-
-
-class EvalIterator:
-  """Finite iterator of padded eval batches; `num_batches` is the same on every process."""
-
-  def __init__(self, per_example, num_local_examples: int, num_batches: int, batch_size: int, num_views: int,
-               view_shape: tuple[int, ...], key: str):
-    self._per_example = per_example
-    self.num_local_examples = num_local_examples
-    self.num_batches = num_batches
-    self.batch_size = batch_size
-    self.num_views = num_views
-    self._view_shape = view_shape
-    self._key = key
-
-  def __len__(self) -> int:
-    return self.num_batches
-
-  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-    buf = self._empty()
-    fill = 0
-    emitted = 0
-    for element in self._per_example:
-      for v in range(self.num_views):
-        buf[self._key][fill] = element["views"][v]
-        buf["label"][fill] = element["label"]
-        buf["example_id"][fill] = element["example"]
-        buf["view"][fill] = v
-        buf["valid"][fill] = element["ok"]
-        fill += 1
-        if fill == self.batch_size:
-          yield buf
-          emitted += 1
-          buf, fill = self._empty(), 0
-    while emitted < self.num_batches:  # the partial batch, then all-padding batches to match other processes
-      yield buf
-      emitted += 1
-      buf = self._empty()
-
-  def _empty(self) -> dict[str, np.ndarray]:
-    b = self.batch_size
-    return {self._key: np.zeros((b,) + self._view_shape, np.uint8), "label": np.zeros((b,), np.int32),
-            "example_id": np.full((b,), -1, np.int32), "view": np.full((b,), -1, np.int32),
-            "valid": np.zeros((b,), bool)}
-
-
-def make_eval_iterator(config, split: str, *, process_index: int = 0, process_count: int = 1,
-                       batch_size: int | None = None) -> EvalIterator:
-  """Finite iterator over all views of `split` for this process (see module docstring)."""
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index {process_index} outside [0, {process_count})")
-  batch_size = int(batch_size or config.eval.batch_size)
-  if batch_size <= 0:
-    raise ValueError(f"eval batch_size must be positive, got {batch_size}")
-  meta = _load_meta(config)
-  files = meta.files(split)
-  start, stop = meta.split_range(split)  # an empty split or slice is an error naming it
-  fn = _EvalMap(_spec(config, split, train=False), _Records(files))
-  per_process = math.ceil((stop - start) / process_count)
-  num_batches = math.ceil(per_process * fn.num_views / batch_size)
-  local = list(range(start + process_index, stop, process_count))
-  ds = grain.MapDataset.source(local).map(fn)
-  it = ds.to_iter_dataset(_read_options(config, max(1, batch_size // fn.num_views)))
-  if config.data.num_workers > 0 and local:
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(config.data.num_workers),
-                                                     per_worker_buffer_size=int(config.data.prefetch_buffer_size)))
-  return EvalIterator(it, len(local), num_batches, batch_size, fn.num_views, fn.view_shape(),
-                      "image" if meta.image_mode else "video")

@@ -5,7 +5,7 @@ per video (10 x 1 centre crop at short side 256 / crop 224 for MaskFeat K400), s
 the views of a video (SlowFast sums them; we average: the same argmax and ranking), top-1/top-5 over videos.
 Images: 1 view.
 
-`evaluate()` iterates `data.pipeline.make_eval_iterator` (one row per view: video/image, label, example_id,
+`evaluate()` iterates `data.eval_pipeline.make_eval_iterator` (one row per view: video/image, label, example_id,
 view, valid; padded rows have valid = False), runs a jitted forward with the batch sharded over the mesh's
 data axes and the outputs replicated (so every process aggregates the same global result), averages the
 views per example_id, and, when a workdir is given, writes the reports of eval/report.py (process 0).
@@ -24,7 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from maskfeat_jax import sharding
 from maskfeat_jax.config import check_batch, input_key
-from maskfeat_jax.data import pipeline
+from maskfeat_jax.data import eval_pipeline
 from maskfeat_jax.eval import report
 
 
@@ -181,7 +181,7 @@ def run_views(config, model, params, mesh, split: str, *, method: Optional[str] 
   batch_size = config.eval.batch_size if batch_size is None else batch_size
   local = per_process_batch(config, mesh, batch_size)
   if iterator is None:
-    iterator = pipeline.make_eval_iterator(config, split, process_index=jax.process_index(),
+    iterator = eval_pipeline.make_eval_iterator(config, split, process_index=jax.process_index(),
                                            process_count=jax.process_count(), batch_size=local)
   forward = forward or make_forward(config, model, mesh, method)
   variables = as_variables(params)
@@ -210,7 +210,7 @@ def evaluate(config, model, params, mesh, split: str, workdir: Optional[str] = N
     config: full config tree (uses eval.*, data.*, mesh.*).
     model: Flax module, `apply(variables, x, train=False)` → logits [B, C].
     params: its params (or a variables dict), already placed on the mesh or host arrays.
-    mesh: the device mesh; the batch is sharded over the mesh axes of the 'batch' rule in config.mesh.rules.
+    mesh: the device mesh; the batch is sharded over the mesh axes of the 'act_batch' rule in config.mesh.rules.
     split: dataset split name.
     workdir: if given, writes eval_<split>/{metrics.json, confusion_matrix.json, confusion_matrix.png}.
     iterator: optional iterable of eval batches (tests / custom data); default make_eval_iterator.

@@ -97,7 +97,7 @@ def linear_probe(config, model, params, mesh, workdir: Optional[str] = None, *,
     config: full config tree (probe.*, eval.batch_size, data.*, mesh.*).
     model: Flax module with a `features` method ([B, D]).
     params: params tree or variables dict.
-    mesh: device mesh (batch sharded over the 'batch' rule's mesh axes).
+    mesh: device mesh (batch sharded over the 'act_batch' rule's mesh axes).
     workdir: if given, writes probe_<eval split>.json there (process 0).
     train_iterator, eval_iterator: optional batch iterables (tests); default make_eval_iterator on
       probe.train_split / probe.eval_split ('' = data.train_split / data.eval_split).

@@ -164,7 +164,7 @@ def arch_spec(m: Any, num_blocks: Optional[int] = None) -> ArchSpec:
   """Resolves `config.model` into an ArchSpec (mirrors `video_model_builder.py::MViT.__init__`).
 
   Args:
-    m: the `config.model` section (registry schema).
+    m: the `config.model` section (`layouts.model_schema()` keys).
     num_blocks: build only the first `num_blocks` blocks (MaskMViT deletes the blocks after its last
       prediction depth); drop-path rates still follow the full configured depth.
   """

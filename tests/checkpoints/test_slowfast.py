@@ -7,10 +7,12 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+import yaml
 
 from maskfeat_jax.checkpoints import pyth
 from maskfeat_jax.checkpoints import slowfast
 from maskfeat_jax.checkpoints import transfer
+from maskfeat_jax.config import base_config
 from maskfeat_jax.models import factory
 from maskfeat_jax.models import layers
 from maskfeat_jax.models import layouts
@@ -55,7 +57,6 @@ def test_config_from_stored_cfg(golden_dir):
 
 
 def test_unsupported_cfg_settings_are_named(golden_dir):
-  import yaml  # pylint: disable=g-import-not-at-top
   cfg = yaml.safe_load((golden_dir / "mvit_tiny_ft_config.yaml").read_text())
   cfg["MVIT"]["POOL_FIRST"] = True
   cfg["MVIT"]["SEPARATE_QKV"] = True
@@ -98,7 +99,6 @@ def test_export_round_trips_to_the_official_state_dict(golden_dir, name):
 
 def _ft_pair():
   """A depth-6 tiny MaskFeat PT layout whose FT layout shortens block 5's rel-pos tables (7 -> 3)."""
-  from maskfeat_jax.config import base_config  # pylint: disable=g-import-not-at-top
   c = base_config()
   c.model = layouts.get_model_config("maskfeat_mvit_tiny")
   c.model.depth = 6
@@ -119,7 +119,6 @@ def test_finetune_config_adds_the_last_stage_stride():
 
 
 def _s_pt():
-  from maskfeat_jax.config import base_config  # pylint: disable=g-import-not-at-top
   c = base_config()
   c.model = layouts.get_model_config("maskfeat_mvit_s_16x4_pt")
   return c
@@ -156,13 +155,14 @@ def test_pretrain_to_finetune_interpolates_rel_pos_and_keeps_head():
     transfer.pretrain_to_finetune(broken, ft)
 
 
+@pytest.mark.slow
 def test_cli_writes_restorable_orbax_checkpoint(golden_dir, tmp_path):
   slowfast.main(["--input", str(golden_dir / "mvit_tiny_ft.pyth"), "--output", str(tmp_path / "ft"),
                 "--export_npz", str(tmp_path / "ft.npz")])
   config, variables = slowfast.restore_converted(tmp_path / "ft")
   want_config, want = slowfast.load_official_checkpoint(golden_dir / "mvit_tiny_ft.pyth")
   assert config.to_dict() == want_config.to_dict()  # JSON round trip keeps the tuples
-  jax.tree_util.tree_map(np.testing.assert_array_equal, variables, want)  # (parity: test_models)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, variables, want)  # (parity: tests/models/test_mvit.py)
   with np.load(tmp_path / "ft.npz") as exported, np.load(golden_dir / "mvit_tiny_ft_state_dict.npz") as want:
     assert sorted(exported.files) == sorted(want.files)
   # Pre-training checkpoint into the fine-tuning layout.

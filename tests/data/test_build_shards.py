@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from maskfeat_jax.data import build_shards
+from maskfeat_jax.data import label_files
 from maskfeat_jax.data import storage
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -69,8 +70,8 @@ def _read_split(ds_dir, split):
 
 
 def test_round_trip_and_bad_input_report(video_folder, tmp_path):
-  items = build_shards.read_label_file(str(video_folder / "list.csv"), str(video_folder), "train")
-  names = build_shards.class_names_for(items)
+  items = label_files.read_label_file(str(video_folder / "list.csv"), str(video_folder), "train")
+  names = label_files.class_names_for(items)
   assert names == list(CLASSES)
   report = build_shards.convert(items, str(tmp_path), "toy", names, build_shards.Options(short_side=32, jpeg_quality=95),
                            examples_per_shard=4, progress=False)
@@ -105,7 +106,7 @@ def test_round_trip_and_bad_input_report(video_folder, tmp_path):
 
 def test_tfds_reads_converted_dataset_without_tensorflow(video_folder, tmp_path):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  items = build_shards.read_label_file(str(video_folder / "list.csv"), str(video_folder), "train")[:3]
+  items = label_files.read_label_file(str(video_folder / "list.csv"), str(video_folder), "train")[:3]
   build_shards.convert(items, str(tmp_path), "toy", list(CLASSES), build_shards.Options(short_side=32), progress=False)
   source = tfds.data_source("toy", data_dir=str(tmp_path))["train"]
   assert len(source) == 3
@@ -115,7 +116,7 @@ def test_tfds_reads_converted_dataset_without_tensorflow(video_folder, tmp_path)
 
 
 def test_resume_skips_finished_shards_and_ignores_partial(video_folder, tmp_path):
-  items = build_shards.read_label_file(str(video_folder / "list.csv"), str(video_folder), "train")[:6]
+  items = label_files.read_label_file(str(video_folder / "list.csv"), str(video_folder), "train")[:6]
   opts = build_shards.Options(short_side=32)
   build_shards.convert(items, str(tmp_path), "toy", list(CLASSES), opts, examples_per_shard=2, progress=False)
   ds_dir = storage.dataset_dir(tmp_path, "toy")
@@ -147,9 +148,9 @@ def test_kinetics_csv_splits_and_fps_resampling(video_folder, tmp_path):
     rows.append(f"{label},{yid},{n},{n + 10},{split}")
   rows.append("green,gone,0,10,val")
   (tmp_path / "k.csv").write_text("\n".join(rows) + "\n")
-  items = build_shards.read_label_file(str(tmp_path / "k.csv"), str(vids), "ignored")
+  items = label_files.read_label_file(str(tmp_path / "k.csv"), str(vids), "ignored")
   assert [it.split for it in items] == ["train", "train", "val", "val"]
-  names = build_shards.class_names_for(items)
+  names = label_files.class_names_for(items)
   report = build_shards.convert(items, str(tmp_path / "out"), "k", names, build_shards.Options(short_side=0, fps=15.0),
                            progress=False)
   assert report["splits"]["train"]["converted"] == 2 and report["splits"]["val"]["converted"] == 1
@@ -181,14 +182,15 @@ def test_ssv2_json(tmp_path):
   entries = [{"id": "101", "template": "Pushing [something] left", "placeholders": ["cup"]}]
   (tmp_path / "train.json").write_text(json.dumps(entries))
   (tmp_path / "labels.json").write_text(json.dumps({"Pulling something": "0", "Pushing something left": "1"}))
-  items = build_shards.read_label_file(str(tmp_path / "train.json"), str(vids), "train")
-  names = build_shards.class_names_for(items, label_map_file=str(tmp_path / "labels.json"))
+  items = label_files.read_label_file(str(tmp_path / "train.json"), str(vids), "train")
+  names = label_files.class_names_for(items, label_map_file=str(tmp_path / "labels.json"))
   assert names == ["Pulling something", "Pushing something left"]
   build_shards.convert(items, str(tmp_path / "out"), "ssv2", names, build_shards.Options(short_side=32), progress=False)
   _, (rec,) = _read_split(storage.dataset_dir(tmp_path / "out", "ssv2"), "train")
   assert rec["video_id"] == "101" and rec["label"] == 1 and len(rec["frames"]) == 6
 
 
+@pytest.mark.slow
 def test_cli_multiprocess(video_folder, tmp_path):
   """The absl CLI with 2 worker processes: completes, reports the skipped inputs, exit code 0."""
   cmd = [sys.executable, "-m", "maskfeat_jax.data.build_shards", f"--videos_dir={video_folder}",
@@ -207,9 +209,9 @@ def test_cli_multiprocess(video_folder, tmp_path):
 def test_bad_label_file_errors_name_the_line(tmp_path):
   (tmp_path / "l.txt").write_text("a.mp4,red\njustonefield\n")
   with pytest.raises(ValueError, match=r"l.txt:2"):
-    build_shards.read_label_file(str(tmp_path / "l.txt"), str(tmp_path), "train")
+    label_files.read_label_file(str(tmp_path / "l.txt"), str(tmp_path), "train")
   with pytest.raises(FileNotFoundError, match="nope.csv"):
-    build_shards.read_label_file(str(tmp_path / "nope.csv"), str(tmp_path), "train")
+    label_files.read_label_file(str(tmp_path / "nope.csv"), str(tmp_path), "train")
   assert os.path.exists(tmp_path / "l.txt")
 
 
@@ -220,10 +222,11 @@ def _crash_on_request(item):
   return "ok", item.video_id
 
 
+@pytest.mark.slow
 def test_worker_crash_skips_only_that_video_and_does_not_hang():
   """multiprocessing.Pool loses a dead worker's task and hangs; the converter's pool reports and goes on."""
   ids = ["a", "b", "crash1", "c", "d", "e", "crash2", "f", "g", "h"]
-  items = [build_shards.Item(i, f"/nowhere/{i}.mp4", "red", "train") for i in ids]
+  items = [label_files.Item(i, f"/nowhere/{i}.mp4", "red", "train") for i in ids]
   run_workers = build_shards._run_workers  # pylint: disable=protected-access
   results = list(run_workers(items, ["red"], build_shards.Options(short_side=32), 2, fn=_crash_on_request))
   assert [r[1] if r[0] == "ok" else r[0] for r in results] == [

@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 
 from maskfeat_jax.config import base_config
+from maskfeat_jax.data import eval_pipeline
 from maskfeat_jax.data import pipeline
 from maskfeat_jax.data import synthetic
 from maskfeat_jax.data import splits
 from maskfeat_jax.data import storage
+from maskfeat_jax.data import transforms
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +190,7 @@ def _epoch_examples(data_dir, process_count, epoch=0):
   c = tiny_config(data_dir)
   seen = []
   for p in range(process_count):
-    fn = pipeline._TrainMap(pipeline._spec(c, "train", True), None, 400, True, p, process_count)  # pylint: disable=protected-access
+    fn = pipeline._TrainMap(pipeline.clip_spec(c, "train", True), None, 400, True, p, process_count)  # pylint: disable=protected-access
     seen.append([fn.example_at(epoch * fn.per_process + i)[1] for i in range(fn.per_process)])
   return seen
 
@@ -245,12 +247,12 @@ def test_sliced_splits_read_their_records_only(data_dir):
   c.batch_size = 40
   batch = next(pipeline.make_train_iterator(c))
   assert np.bincount(batch["label"], minlength=8).tolist() == [5] * 8  # every record of the slice once
-  meta = pipeline._load_meta(c)  # pylint: disable=protected-access
-  fn = pipeline._TrainMap(pipeline._spec(c, "train[100:140]", True), None, 40, True, 0, 1, offset=100)  # pylint: disable=protected-access
+  meta = pipeline.load_meta(c)  # pylint: disable=protected-access
+  fn = pipeline._TrainMap(pipeline.clip_spec(c, "train[100:140]", True), None, 40, True, 0, 1, offset=100)  # pylint: disable=protected-access
   assert sorted(fn.example_at(i)[1] for i in range(40)) == list(range(100, 140))
   assert meta.split_range("train[100:140]") == (100, 140)
   c.eval.num_clips, c.eval.num_crops = 1, 1
-  ev = pipeline.make_eval_iterator(c, "test[150:]", batch_size=4)
+  ev = eval_pipeline.make_eval_iterator(c, "test[150:]", batch_size=4)
   ids = sorted(int(e) for b in ev for e, ok in zip(b["example_id"], b["valid"]) if ok)
   assert ids == list(range(150, 160)) and ev.num_batches == 3
 
@@ -262,7 +264,7 @@ def test_eval_views_padding_and_process_split(data_dir):
   seen = {}
   num_batches = set()
   for p in range(3):
-    it = pipeline.make_eval_iterator(c, "test", process_index=p, process_count=3, batch_size=7)
+    it = eval_pipeline.make_eval_iterator(c, "test", process_index=p, process_count=3, batch_size=7)
     batches = list(it)
     assert len(batches) == it.num_batches
     num_batches.add(len(batches))
@@ -285,12 +287,11 @@ def test_eval_views_are_the_official_positions(data_dir):
   """Views of one example: clips at starts k*floor(delta/(K-1)), crops left / centre / right."""
   c = tiny_config(data_dir, "finetune", num_frames=4, sampling_rate=2)
   c.eval.num_clips, c.eval.num_crops = 2, 3
-  batch = next(iter(pipeline.make_eval_iterator(c, "test", batch_size=6)))
+  batch = next(iter(eval_pipeline.make_eval_iterator(c, "test", batch_size=6)))
   meta = storage.read_meta(storage.dataset_dir(data_dir, "synthetic_motion", synthetic.VERSION))
   rec = storage.parse_video_record(storage.open_source(meta.files("test"))[0])
   frames = np.stack([storage.decode_image(f) for f in rec["frames"]])  # 32 x 64 x 80
   # span 8 frames; delta 24: clip 0 = linspace(0, 7, 4) -> 0,2,4,7 ; clip 1 starts at 24 -> 24,26,28,31.
-  from maskfeat_jax.data import transforms  # pylint: disable=g-import-not-at-top
   resized = transforms.resize_crop(frames, (56, 70), (0, 0), (56, 70))
   for view in range(6):
     clip, crop = divmod(view, 3)
@@ -330,7 +331,7 @@ def test_corrupt_records_are_skipped_and_logged(tmp_path, caplog):
   means = sorted(int(round(b["video"][i].mean())) // 10 for b in batches for i in range(2))
   assert means == sorted(2 * [0, 1, 3, 4, 6, 7])  # frame value 10 * i + t: examples 2 and 5 never appear
   assert "Skipping unreadable record 2" in caplog.text and "Skipping unreadable record 5" in caplog.text
-  ev = list(pipeline.make_eval_iterator(c, "train", batch_size=8))
+  ev = list(eval_pipeline.make_eval_iterator(c, "train", batch_size=8))
   assert len(ev) == 1 and ev[0]["valid"].tolist() == [True, True, False, True, True, False, True, True]
 
 
@@ -356,7 +357,7 @@ def test_image_mode(tmp_path):
   assert tfds.builder_from_directory(str(storage.dataset_dir(tmp_path, "imgs"))).info.features["label"].num_classes == 2
   batch = next(pipeline.make_train_iterator(c))
   assert batch["image"].shape == (4, 32, 32, 3) and batch["mask"].shape == (4, 4, 4)
-  ev = list(pipeline.make_eval_iterator(c, "train", batch_size=4))
+  ev = list(eval_pipeline.make_eval_iterator(c, "train", batch_size=4))
   assert [b["valid"].sum() for b in ev] == [4, 2]
   assert ev[0]["image"].shape == (4, 32, 32, 3)
   np.testing.assert_array_equal(ev[0]["example_id"], [0, 1, 2, 3])

@@ -2,6 +2,8 @@
 import itertools
 import json
 import os
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -13,6 +15,9 @@ from jax.sharding import Mesh
 from maskfeat_jax.eval import multiview as ev
 from maskfeat_jax.eval import report
 from maskfeat_jax.config import base_config
+from maskfeat_jax.data import eval_pipeline, pipeline
+from maskfeat_jax.models import factory
+from maskfeat_jax.models import layouts
 
 
 # ------------------------------------------------------------------------------------------ pure helpers
@@ -197,7 +202,6 @@ class TinyConvNet(nn.Module):
 
 
 def test_evaluate_with_real_eval_iterator_matches_plain_loop(tmp_path):
-  from maskfeat_jax.data import pipeline
   config = _synthetic_config(num_clips=2, batch=8)
   model = TinyConvNet()
   params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 16, 64, 64, 3), jnp.uint8))["params"]
@@ -211,7 +215,7 @@ def test_evaluate_with_real_eval_iterator_matches_plain_loop(tmp_path):
   # Reference: a plain per-view loop over the same iterator, softmax averaged per example in numpy.
   apply = jax.jit(lambda x: jax.nn.softmax(model.apply({"params": params}, x)))
   sums, labels = {}, {}
-  for batch in pipeline.make_eval_iterator(config, "test", batch_size=8):
+  for batch in eval_pipeline.make_eval_iterator(config, "test", batch_size=8):
     probs = np.asarray(apply(batch["video"]))
     for p, lab, eid, ok in zip(probs, batch["label"], batch["example_id"], batch["valid"]):
       if ok:
@@ -223,21 +227,17 @@ def test_evaluate_with_real_eval_iterator_matches_plain_loop(tmp_path):
 
 
 def test_evaluate_tiny_mvit_with_real_eval_iterator(tmp_path):
-  """The real tiny MViT classifier (registry 'mvit_tiny_ft') end to end: 1 clip x 1 crop on synthetic_motion."""
-  from flax.core import meta
-  from maskfeat_jax.models import factory
-  from maskfeat_jax.models import layouts
+  """The real tiny MViT classifier (layout 'mvit_tiny_ft') end to end: 1 clip x 1 crop on synthetic_motion."""
   config = _synthetic_config(num_clips=1, batch=8)
   config.model = layouts.get_model_config("mvit_tiny_ft")
   config.model.num_classes = 8
   config.mask.type = "none"
   model = factory.build_model(config)
   # Shapes from eval_shape (no init compile); random values suffice to exercise the real forward.
-  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 64, 64, 3), jnp.uint8))["params"]
+  shapes = factory.param_shapes(config, model)
   rng = np.random.default_rng(0)
-  params = jax.tree.map(lambda s: jnp.asarray(0.05 * rng.standard_normal(s.shape), s.dtype), meta.unbox(shapes))
-  from maskfeat_jax.data import pipeline
-  batches = itertools.islice(pipeline.make_eval_iterator(config, "test", batch_size=8), 2)  # 16 of 160 examples
+  params = jax.tree.map(lambda s: jnp.asarray(0.05 * rng.standard_normal(s.shape), s.dtype), shapes)
+  batches = itertools.islice(eval_pipeline.make_eval_iterator(config, "test", batch_size=8), 2)  # 16 of 160 examples
   out = ev.evaluate(config, model, params, _mesh(), "test", workdir=str(tmp_path), iterator=batches)
   assert out["num_examples"] == 16 and out["num_views"] == 1 and out["min_views"] == 1
   assert 0.0 <= out["top1"] <= out["top5"] <= 1.0 and np.isfinite(out["nll"])
@@ -261,9 +261,8 @@ print(json.dumps({k: out[k] for k in ("top1", "top5", "num_examples", "min_views
 """
 
 
+@pytest.mark.slow
 def test_evaluate_sharded_over_four_devices_equals_one_device():
-  import subprocess
-  import sys
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT], env=env, capture_output=True, text=True,
                         timeout=300, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))

@@ -1,4 +1,5 @@
 """Tests for the linear probe: the classifier learns a separable toy problem; features are view-averaged."""
+import itertools
 import json
 
 import flax.linen as nn
@@ -10,6 +11,9 @@ from jax.sharding import Mesh
 
 from maskfeat_jax.eval import probe
 from maskfeat_jax.config import base_config
+from maskfeat_jax.data import eval_pipeline
+from maskfeat_jax.models import factory
+from maskfeat_jax.models import layouts
 
 
 def test_linear_classifier_learns_separable_blobs():
@@ -92,12 +96,6 @@ def test_probe_config_uses_probe_views():
 
 def test_linear_probe_tiny_maskfeat_with_real_eval_iterator():
   """The real tiny MaskFeat model's `features` on synthetic_motion through the real eval iterator."""
-  import itertools
-
-  from flax.core import meta
-  from maskfeat_jax.models import factory
-  from maskfeat_jax.data import pipeline
-  from maskfeat_jax.models import layouts
   config = base_config()
   config.mode = "probe"
   config.model = layouts.get_model_config("maskfeat_mvit_tiny")
@@ -106,15 +104,13 @@ def test_linear_probe_tiny_maskfeat_with_real_eval_iterator():
   config.eval.batch_size = 8
   config.probe.steps = 20
   model = factory.build_model(config)
-  x = jnp.zeros((1, 16, 64, 64, 3), jnp.uint8)
-  mask = jnp.zeros((1, 8, 2, 2), jnp.uint8)
-  shapes = jax.eval_shape(model.init, jax.random.key(0), x, mask)["params"]
+  shapes = factory.param_shapes(config, model)  # jax.eval_shape of init on (1, 16, 64, 64, 3) and its mask
   rng = np.random.default_rng(0)
-  params = jax.tree.map(lambda s: jnp.asarray(0.05 * rng.standard_normal(s.shape), s.dtype), meta.unbox(shapes))
+  params = jax.tree.map(lambda s: jnp.asarray(0.05 * rng.standard_normal(s.shape), s.dtype), shapes)
   mesh = Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "fsdp"),
               axis_types=(jax.sharding.AxisType.Auto,) * 2)
-  train = itertools.islice(pipeline.make_eval_iterator(config, "train", batch_size=8), 3)
-  test = itertools.islice(pipeline.make_eval_iterator(config, "test", batch_size=8), 1)
+  train = itertools.islice(eval_pipeline.make_eval_iterator(config, "train", batch_size=8), 3)
+  test = itertools.islice(eval_pipeline.make_eval_iterator(config, "test", batch_size=8), 1)
   out = probe.linear_probe(config, model, params, mesh, train_iterator=train, eval_iterator=test, verbose=False)
   assert out["num_train"] == 24 and out["num_eval"] == 8 and out["num_views"] == 1
   assert out["feature_dim"] == model_width(config) and np.isfinite(out["final_loss"])

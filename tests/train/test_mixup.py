@@ -3,6 +3,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -117,7 +118,6 @@ def test_smooth_labels_and_soft_cross_entropy():
 
 
 def test_arguments_from_config_augment():
-  import ml_collections
   aug = ml_collections.ConfigDict(dict(mixup_alpha=0.0, cutmix_alpha=0.0, mixup_prob=1.0, switch_prob=0.5,
                                        label_smoothing=0.3))
   x, labels = _batch()

@@ -3,58 +3,50 @@
 References: `slowfast/models/optimizer.py::construct_optimizer` (weight-decay groups, layer decay) and
 `slowfast/utils/lr_policy.py` (warmup + cosine).
 """
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from maskfeat_jax.config import base_config
+from maskfeat_jax.models import factory, layouts
 from maskfeat_jax.train import optim
 
 
-def mvit_s_like_params(depth=16, pretrain=False):
-  """A param tree with the MViT-S names (official state-dict names, Flax naming) and small stand-in shapes."""
-  z = lambda *s: jnp.zeros(s, jnp.float32)
-  blocks = {}
-  for i in range(depth):
-    blocks[f"blocks_{i}"] = {
-        "norm1": {"scale": z(4), "bias": z(4)},
-        "attn": {"rel_pos_h": z(7, 4), "rel_pos_w": z(7, 4), "rel_pos_t": z(3, 4),
-                 "qkv": {"kernel": z(4, 12), "bias": z(12)}, "proj": {"kernel": z(4, 4), "bias": z(4)},
-                 "pool_q": {"kernel": z(3, 3, 3, 1, 4)}, "norm_q": {"scale": z(4), "bias": z(4)}},
-        "mlp": {"fc1": {"kernel": z(4, 16), "bias": z(16)}, "fc2": {"kernel": z(16, 4), "bias": z(4)}},
-    }
-  p = {"cls_token": z(1, 1, 4), "patch_embed": {"proj": {"kernel": z(3, 7, 7, 3, 4), "bias": z(4)}}, **blocks}
-  if pretrain:
-    p["mask_token"] = z(1, 1, 4)
-    p["pred_head"] = {"norm": {"scale": z(4), "bias": z(4)}, "proj": {"kernel": z(4, 108), "bias": z(108)}}
-  else:
-    p["norm"] = {"scale": z(4), "bias": z(4)}
-    p["head"] = {"projection": {"kernel": z(4, 400), "bias": z(400)}}
-  return p
+@functools.lru_cache(maxsize=None)
+def real_params(name):
+  """Parameter shapes of a real layout (models.factory.param_shapes: jax.eval_shape, no memory)."""
+  c = base_config()
+  c.model = layouts.get_model_config(name)
+  if c.model.type == "maskfeat":
+    c.mask.grid = (8, 2, 2) if name == "maskfeat_mvit_tiny" else (8, 7, 7)
+  return factory.param_shapes(c)
 
 
 def test_weight_decay_mask_official_default():
-  p = mvit_s_like_params(pretrain=True)
+  p = real_params("maskfeat_mvit_s_16x4_pt")
   m = optim.weight_decay_mask(p, zero_wd_1d=True, zero_wd_pos_cls=False)
   # Decayed: weights with ndim >= 2, including cls/mask tokens, rel-pos tables and pool convs (gotcha 13).
   assert m["cls_token"] and m["mask_token"]
   assert m["blocks_3"]["attn"]["rel_pos_h"] and m["blocks_3"]["attn"]["rel_pos_t"]
   assert m["blocks_3"]["attn"]["pool_q"]["kernel"] and m["blocks_3"]["attn"]["qkv"]["kernel"]
-  assert m["patch_embed"]["proj"]["kernel"] and m["pred_head"]["proj"]["kernel"]
+  assert m["patch_embed"]["proj"]["kernel"] and m["pred_head"]["projections_0"]["kernel"]
+  assert m["blocks_2"]["proj"]["kernel"]  # the block's dim-change projection
   # Not decayed: every bias and every 1-D param (LayerNorm scales).
   assert not m["blocks_3"]["attn"]["qkv"]["bias"] and not m["patch_embed"]["proj"]["bias"]
-  assert not m["blocks_3"]["norm1"]["scale"] and not m["pred_head"]["norm"]["scale"]
+  assert not m["blocks_3"]["norm1"]["scale"] and not m["pred_head"]["transforms_0"]["scale"]
+  assert not m["blocks_3"]["attn"]["norm_q"]["scale"] and not m["blocks_2"]["proj"]["bias"]
   n_decayed = sum(jax.tree.leaves(m))
-  # tokens (2), embed + head kernels (2); per block 3 rel-pos + qkv, proj, pool_q + fc1, fc2 = 8.
-  assert n_decayed == 2 + 2 + 16 * 8
+  # tokens (2), embed + pred-head kernels (2); per block 3 rel-pos + 3 pool convs + qkv, attn proj, fc1, fc2
+  # = 10; the dim-change projections of blocks 0, 2 and 13 (3).
+  assert n_decayed == 2 + 2 + 16 * 10 + 3
 
 
 def test_weight_decay_mask_switches():
-  p = mvit_s_like_params(pretrain=True)
+  p = real_params("maskfeat_mvit_s_16x4_pt")
   m = optim.weight_decay_mask(p, zero_wd_1d=True, zero_wd_pos_cls=True)
   assert not m["cls_token"] and not m["mask_token"] and not m["blocks_0"]["attn"]["rel_pos_w"]
   assert m["blocks_0"]["attn"]["qkv"]["kernel"]
@@ -63,7 +55,7 @@ def test_weight_decay_mask_switches():
 
 
 def test_layer_decay_factors_mvit_s():
-  p = mvit_s_like_params(depth=16)
+  p = real_params("mvit_s_16x4_ft")
   assert optim.model_depth(p) == 16
   f = optim.layer_decay_factors(p, 0.75)
   assert f["cls_token"] == pytest.approx(0.75 ** 17)
@@ -74,6 +66,11 @@ def test_layer_decay_factors_mvit_s():
   # Nested under a wrapper module the ids are the same.
   g = optim.layer_decay_factors({"backbone": p}, 0.75)
   assert g["backbone"]["blocks_15"]["attn"]["proj"]["kernel"] == pytest.approx(0.75)
+  tiny = real_params("maskfeat_mvit_tiny")
+  assert optim.model_depth(tiny) == 5
+  t = optim.layer_decay_factors(tiny, 0.5)
+  assert t["mask_token"] == pytest.approx(0.5 ** 6) and t["blocks_4"]["norm1"]["scale"] == pytest.approx(0.5)
+  assert t["pred_head"]["projections_0"]["kernel"] == 1.0
 
 
 def _cfg(**kw):
@@ -128,25 +125,33 @@ def test_adamw_update_matches_torch_formula():
   np.testing.assert_allclose(upd["head"]["w"], -lr0 * (adam + 0.05 * 2.0), rtol=1e-5)
 
 
-def test_clipping_is_global_norm():
-  c = _cfg(total_steps=10, **{"optim.clip_grad_norm": 0.02, "optim.weight_decay": 0.0,
-                              "optim.warmup_steps": 0})
+def test_clip_grad_norm_zero_disables_clipping():
+  """clip_grad_norm > 0 clips the gradient before Adam; 0 leaves it out of make_optimizer's chain.
+
+  Two updates with gradients g and 100 g: clipped to the same global norm they are equal, so the second Adam
+  step is lr * 1; unclipped, the second step sees the jump (m_hat / sqrt(v_hat) of g, 100 g).
+  """
   params = {"a": jnp.zeros((3,)), "b": jnp.zeros((4,))}
-  g = {"a": jnp.full((3,), 1.0), "b": jnp.full((4,), 2.0)}
-  tx = optim.make_optimizer(c, params, optim.resolve_schedule(c, None))
-  clip = tx.init(params)  # the first element of the chain is the clipper
-  del clip
-  clipped, _ = optax.clip_by_global_norm(0.02).update(g, optax.EmptyState())
-  assert float(optax.tree.norm(clipped)) == pytest.approx(0.02, rel=1e-5)
-  # The chain starts with the clip (0 disables it: the chain is one element shorter).
-  c0 = _cfg(total_steps=10, **{"optim.clip_grad_norm": 0.0, "optim.weight_decay": 0.0})
-  n_with = len(tx.init(params))
-  n_without = len(optim.make_optimizer(c0, params, optim.resolve_schedule(c0, None)).init(params))
-  assert n_with == n_without + 1
+  g = {"a": jnp.full((3,), 1.0), "b": jnp.full((4,), -2.0)}  # global norm sqrt(19) >> 0.02
+
+  def second_step_ratio(clip):
+    c = _cfg(total_steps=10, **{"optim.clip_grad_norm": clip, "optim.weight_decay": 0.0,
+                                "optim.warmup_steps": 0, "optim.layer_decay": 1.0})
+    s = optim.resolve_schedule(c, None)
+    tx = optim.make_optimizer(c, params, s)
+    _, state = tx.update(g, tx.init(params), params)
+    upd, _ = tx.update(jax.tree.map(lambda x: 100.0 * x, g), state, params)
+    return jax.tree.map(lambda u, x: np.asarray(u / (-float(s(1)) * jnp.sign(x))), upd, g)
+
+  for r in jax.tree.leaves(second_step_ratio(0.02)):
+    np.testing.assert_allclose(r, 1.0, rtol=1e-4)
+  m_hat = (0.1 * 0.9 + 0.1 * 100.0) / (1 - 0.9 ** 2)
+  v_hat = (0.001 * 0.999 + 0.001 * 100.0 ** 2) / (1 - 0.999 ** 2)
+  for r in jax.tree.leaves(second_step_ratio(0.0)):
+    np.testing.assert_allclose(r, m_hat / math.sqrt(v_hat), rtol=1e-4)
 
 
 def test_epochs_count_videos_with_repeated_sampling():
-  from maskfeat_jax.config import base_config
   c = base_config()
   c.batch_size = 32
   c.epochs = 2.0

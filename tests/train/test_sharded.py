@@ -10,6 +10,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+pytestmark = pytest.mark.slow
+
 TESTS = pathlib.Path(__file__).resolve().parent
 
 SCRIPT = textwrap.dedent(r"""

@@ -16,6 +16,8 @@ import pytest
 from maskfeat_jax.config import base_config
 from maskfeat_jax import run as run_lib
 from maskfeat_jax.train import logger as metrics_lib
+from maskfeat_jax.train import optim
+from maskfeat_jax.train import step as step_lib
 
 T, S, GRID = 4, 16, (2, 2, 2)  # frames, crop, mask grid (T/2 temporal tokens, 8x8-pixel mask cells)
 POISON = 7
@@ -148,7 +150,6 @@ def test_pretrain_runs_logs_and_checkpoints(tmp_path):
   assert [r["step"] for r in recs] == [2, 4, 6]
   assert {"loss", "lr", "grad_norm"} <= set(recs[-1])
   # lr logged at step 6 is the lr of the 6th update (schedule step 5), in the cosine part.
-  from maskfeat_jax.train import optim
   sched = optim.resolve_schedule(c, None)
   assert recs[-1]["lr"] == pytest.approx(float(optim.lr_at(5, sched)), rel=1e-5)
   assert sched.end_lr < recs[-1]["lr"] < sched.base_lr
@@ -251,7 +252,6 @@ def test_bad_augmentation_fails_before_compile(tmp_path, key, value, match):
 
 def test_grad_accumulation_matches_full_batch():
   """2 micro-batches of 4 give the same loss and gradients as one batch of 8 (mean of equal-size means)."""
-  from maskfeat_jax.train import step as step_lib
   rng = np.random.default_rng(0)
   params = {"w": jnp.asarray(rng.normal(size=(5, 3)), jnp.float32)}
   batch = {"x": jnp.asarray(rng.normal(size=(8, 5)), jnp.float32),

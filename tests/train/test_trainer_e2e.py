@@ -6,6 +6,7 @@
 
 import jax
 import numpy as np
+import pytest
 
 from maskfeat_jax.checkpoints import orbax as ckpt_lib
 from maskfeat_jax import run as run_lib
@@ -13,6 +14,7 @@ from maskfeat_jax.config import load_config
 from maskfeat_jax import demo as demo_lib
 from maskfeat_jax.models import factory
 from maskfeat_jax.checkpoints import init as init_lib
+from maskfeat_jax.train import optim
 
 
 
@@ -33,6 +35,7 @@ def _leaves(params):
   return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(params))]
 
 
+@pytest.mark.slow
 def test_real_pretrain_exact_resume_then_finetune(tmp_path, monkeypatch):
   c = _phase("pretrain")
   straight = run_lib.run(c, str(tmp_path / "a"))
@@ -64,6 +67,7 @@ def test_real_pretrain_exact_resume_then_finetune(tmp_path, monkeypatch):
   assert "mask_token" not in got and "head" in got
 
 
+@pytest.mark.slow
 def test_eval_and_probe_modes_on_our_checkpoints(tmp_path):
   """mode=eval on a fine-tuning checkpoint and mode=probe on a pre-training one, through run.run."""
   pt = _phase("pretrain")
@@ -87,7 +91,6 @@ def test_eval_and_probe_modes_on_our_checkpoints(tmp_path):
 
 def test_bf16_compute_keeps_fp32_params_and_optimizer_state():
   """config.model.dtype=bfloat16 changes the compute only: params and Adam moments stay float32."""
-  from maskfeat_jax.train import optim
   c = _phase("pretrain")
   c.model.dtype = "bfloat16"
   model = factory.build_model(c)
