@@ -282,7 +282,8 @@ def validate(config, *, mesh_shape: dict | None = None, process_count: int = 1, 
   want = MODE_MODEL_TYPE.get(config.mode)
   if want and config.model.type != want:
     raise ValueError(f"config.mode={config.mode!r} needs config.model.type={want!r}, got "
-                     f"{config.model.type!r}; set --config.model.type={want} (and a matching model.name).")
+                     f"{config.model.type!r}; use a config whose model is a {want!r} layout (models/layouts.py, e.g. "
+                     f"c.model = layouts.get_model_config(...) in the config file).")
   accum = int(config.optim.grad_accum_steps)
   if accum < 1:
     raise ValueError(f"config.optim.grad_accum_steps={accum}: must be >= 1.")

@@ -104,6 +104,8 @@ def format_demo(results: dict) -> str:
            f"{100 * ft.get('top5', float('nan')):>7.1f}%   {views}",
            f"{'scratch (same budget)':<24}{100 * sc.get('top1', float('nan')):>7.1f}%"
            f"{100 * sc.get('top5', float('nan')):>7.1f}%   {views}",
-           f"pre-training: {results['pretrain']['steps']} steps, final loss "
+           # TrainResult.last_metrics holds the last step's metrics, not the mean over a logging window that
+           # the console and metrics.jsonl show: say so.
+           f"pre-training: {results['pretrain']['steps']} steps, loss at the last step "
            f"{_fmt(results['pretrain']['final_loss'], '.4f')}, {results['pretrain']['wall_s']:.0f}s"]
   return "\n".join(lines)

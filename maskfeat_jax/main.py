@@ -9,18 +9,112 @@ anything touches the devices when MASKFEAT_DISTRIBUTED=1, or when a SLURM job ha
 multi-host TPU slice (TPU_WORKER_HOSTNAMES lists several hosts). Its arguments come from the environment
 (cluster auto-detection), or from MASKFEAT_COORDINATOR (host:port), MASKFEAT_NUM_PROCESSES and
 MASKFEAT_PROCESS_ID when set.
-"""
-import os
 
+Command-line mistakes (a misspelt override, a missing flag, a bad workdir) print one line on stderr and exit
+with status 2; `--help` prints the flags and exits 0.
+"""
+import difflib
+import os
+import sys
+from typing import NoReturn
+
+import ml_collections
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from maskfeat_jax import config as config_lib
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/x.py[:arg]).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and outputs.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+RUN_HINT = "python -m maskfeat_jax.main --config=configs/demo.py --workdir=./workdir_demo"
+_HELP_FLAGS = ("help", "?", "helpshort", "helpfull", "helpxml")
+
+
+def _usage_error(message: str) -> NoReturn:
+  """One line on stderr, exit status 2 (absl's UsageError would print the whole help text first)."""
+  print(f"ERROR: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _flag_names(argv) -> list:
+  return [a.lstrip("-").split("=", 1)[0] for a in argv[1:] if a.startswith("-")]
+
+
+def _flag_value(argv, name: str) -> str | None:
+  """The value of `--name=v` / `-name=v` / `--name v` in argv (absl accepts all three), else None."""
+  for i, a in enumerate(argv[1:], start=1):
+    key, eq, value = a.lstrip("-").partition("=")
+    if a.startswith("-") and key == name:
+      return value if eq else (argv[i + 1] if i + 1 < len(argv) else None)
+  return None
+
+
+def _override_error(argv) -> str | None:
+  """For a `--config.a.b=v` naming no config key: the key and the nearest valid ones (None if all exist)."""
+  spec = _flag_value(argv, "config")
+  if spec is None:
+    return None
+  config = config_lib.load_config(spec)
+  for name in _flag_names(argv):
+    if not name.startswith("config."):
+      continue
+    node, parts = config, name.split(".")[1:]
+    for i, part in enumerate(parts):
+      key = part.split("[", 1)[0]  # `--config.a.b[0]=v` indexes a sequence field
+      if not isinstance(node, ml_collections.ConfigDict):
+        break  # inside a plain value: config_flags reports those itself
+      if key in node:
+        node = node[key]
+        continue
+      where = ".".join(["config"] + parts[:i])
+      keys = list(node.keys())
+      near = difflib.get_close_matches(key, keys, n=3) or difflib.get_close_matches(key, keys, n=3, cutoff=0.0)
+      return (f"--{name}: {where} has no key {key!r}; nearest valid keys: "
+              f"{', '.join('.'.join(['config'] + parts[:i] + [k]) for k in near)}")
+  return None
+
+
+def parse_flags(argv):
+  """absl flag parsing, but command-line mistakes are one line on stderr and exit status 2."""
+  argv = [("--help" if a == "-h" else a) for a in argv]
+  if len(argv) == 1:
+    _usage_error(f"no flags given. To run the demo (the README's main job): {RUN_HINT}; "
+                 "other jobs: --config=configs/<name>.py (README: Configs and modes); --help lists the flags.")
+  try:
+    return flags.FLAGS(argv)
+  except SystemExit:
+    # absl's help flags print the help, then exit with status 1: asking for help is not an error.
+    if set(_flag_names(argv)) & set(_HELP_FLAGS):
+      sys.exit(0)
+    raise
+  except (AttributeError, KeyError):
+    # config_flags raises these (with a double traceback) for an override naming no config key.
+    message = _override_error(argv)
+    if message is None:  # not an override: a bug in the config file itself, keep its traceback
+      raise
+    _usage_error(message)
+  except flags.Error as e:
+    missing = [f"--{n}" for n in ("config", "workdir") if n not in _flag_names(argv)]
+    if missing:
+      _usage_error(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required, e.g. {RUN_HINT}")
+    _usage_error(str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
+def _check_model_name(config) -> None:
+  """An override of model.name alone would keep the file's layout (depth, widths, ...) under a new name."""
+  spec = config_flags.get_config_filename(flags.FLAGS["config"])
+  from_file = config_lib.load_config(spec).model.name
+  if config.model.name != from_file:
+    _usage_error(
+        f"--config.model.name={config.model.name} changes only the name: config.model keeps the "
+        f"{from_file!r} layout of {spec}. Pick a layout in a config file instead: its get_config() sets "
+        f"`c.model = layouts.get_model_config({config.model.name!r})` (maskfeat_jax/models/layouts.py, "
+        "as configs/k400_finetune.py does); other model.* keys may still be overridden.")
 
 
 def wants_distributed(env=None) -> bool:
@@ -61,22 +155,35 @@ def _check_workdir(workdir: str) -> str:
         "shared filesystem and pass its local path.")
   workdir = os.path.abspath(os.path.expanduser(workdir))
   parent = os.path.dirname(workdir)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise app.UsageError(f"--workdir={workdir} is an existing file, not a directory; pass a directory "
+                         "(it is created if missing).")
   if not os.path.isdir(parent):
     raise app.UsageError(
         f"--workdir={workdir}: its parent directory {parent} does not exist; create it first "
         "(the workdir itself is created if missing).")
-  os.makedirs(workdir, exist_ok=True)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise app.UsageError(f"--workdir={workdir}: cannot create it: {e.strerror or e}") from e
   return workdir
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    _usage_error(f"unexpected arguments {argv[1:]} (flags are --name=value)")
   if not flags.FLAGS["verbosity"].present:  # progress goes to stdout; keep library INFO logs out
     logging.set_verbosity(logging.WARNING)
-  init_distributed()  # before anything touches the devices
   config = _CONFIG.value
-  workdir = _check_workdir(_WORKDIR.value)
+  try:
+    _check_model_name(config)
+  except FileNotFoundError as e:  # config_flags defers a missing config file's error to the first access
+    _usage_error(str(e))
+  try:
+    workdir = _check_workdir(_WORKDIR.value)
+  except app.UsageError as e:
+    _usage_error(str(e))
+  init_distributed()  # before anything touches the devices
   logging.info("mode=%s workdir=%s", config.mode, workdir)
   # After flag parsing: Grain's worker processes read the parsed flags.
   from maskfeat_jax import run as run_lib  # pylint: disable=g-import-not-at-top
@@ -91,4 +198,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

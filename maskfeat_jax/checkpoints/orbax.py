@@ -99,7 +99,7 @@ class Checkpointer:
         restored = self._restore_step(s, abstract_state, iterator)
       except Exception as e:  # pylint: disable=broad-except
         logging.warning("Checkpoint %d in %s could not be restored (%s); trying an older one.",
-                        s, self.directory, e)
+                        s, self.directory, _describe(e))
         errors.append((s, e))
         continue
       if errors:  # only once an older step restores: a failure of every step may be a config mismatch
@@ -107,7 +107,7 @@ class Checkpointer:
       return s, restored
     if errors:
       raise RuntimeError(f"No checkpoint in {self.directory} could be restored:\n" + "\n".join(
-          f"  step {s}: {e}" for s, e in errors))
+          f"  step {s}: {_describe(e)}" for s, e in errors))
     return None, None
 
   def _set_aside(self, damaged: list[tuple[int, Exception]], restored_step: int):
@@ -119,10 +119,9 @@ class Checkpointer:
         while os.path.exists(f"{src}.damaged-{n}"):
           n += 1
         os.rename(src, f"{src}.damaged-{n}")
-        logging.warning(
-            "Checkpoint %d in %s is damaged (%s). Resumed from step %d instead; the damaged step was moved "
-            "to %s (nothing deleted) and will be saved again.", s, self.directory, e, restored_step,
-            f"{src}.damaged-{n}")
+        logging.warning("Checkpoint %d in %s is damaged (%s): resuming from step %d; moved the damaged "
+                        "step to %s (nothing deleted), so this run saves step %d again.",
+                        s, self.directory, _describe(e), restored_step, f"{src}.damaged-{n}", s)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("maskfeat_set_aside_damaged_checkpoints")
     self.manager.reload()  # forget the moved steps: otherwise save() skips them as already saved
@@ -160,7 +159,11 @@ def restore_params(path: str) -> Any:
   if os.path.isdir(os.path.join(path, "checkpoints")):
     path = os.path.join(path, "checkpoints")
   if os.path.isdir(os.path.join(path, "state")):  # a step directory
-    return _restore_params_step(path)
+    try:
+      return _restore_params_step(path)
+    except Exception as e:  # pylint: disable=broad-except
+      raise RuntimeError(f"config.init_from={path}: the checkpoint could not be restored: {_describe(e)}") \
+          from e
   mngr = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(read_only=True),
                                item_handlers={"state": ocp.StandardCheckpointHandler()})
   steps = sorted(mngr.all_steps(), reverse=True)
@@ -178,10 +181,18 @@ def restore_params(path: str) -> Any:
       continue
     for s, e in errors:
       logging.warning("config.init_from=%s: checkpoint %d is damaged (%s); using step %d, the newest that "
-                      "restores.", path, s, e, step)
+                      "restores.", path, s, _describe(e), step)
     return params
   raise RuntimeError(f"config.init_from={path}: no checkpoint there could be restored:\n" + "\n".join(
-      f"  step {s}: {e}" for s, e in errors))
+      f"  step {s}: {_describe(e)}" for s, e in errors))
+
+
+def _describe(e: BaseException, limit: int = 500) -> str:
+  """A restore error in one line: its root cause (Orbax wraps TensorStore's error in the whole array spec)."""
+  while e.__cause__ is not None:
+    e = e.__cause__
+  text = " ".join(str(e).split())
+  return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
 
 
 def _restore_params_step(step_dir: str) -> Any:

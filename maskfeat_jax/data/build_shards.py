@@ -126,7 +126,7 @@ def convert_one(item: Item) -> tuple[str, Any]:
     label = label_index(item, serializer.class_names, _WORKER["lookup"])
   except ValueError as e:
     return "skip", str(e)
-  if not item.path or not os.path.exists(item.path):
+  if not os.path.exists(item.path):
     return "skip", "missing file"
   if os.path.getsize(item.path) == 0:
     return "skip", "empty file (0 bytes)"
@@ -239,7 +239,7 @@ def _write_one_shard(ds_dir, name, split, k, num_shards, rows, results, bar) -> 
         writer.write(payload)
       else:
         skipped.append({"split": split, "video_id": item.video_id, "path": item.path, "reason": payload})
-        logging.warning("Skipping %s (%s): %s", item.video_id, item.path or "no file", payload)
+        logging.warning("Skipping %s (%s): %s", item.video_id, item.path, payload)
       if bar is not None:
         bar.update(1)
         bar.set_postfix(skipped=len(skipped))

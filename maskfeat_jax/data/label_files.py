@@ -24,7 +24,9 @@ VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".m
 class Item:
   """One row of the label file."""
   video_id: str
-  path: str  # absolute path, or "" when the file was not found
+  # The video file; when it was not found, what was looked for (a `**` pattern for the formats found by name),
+  # so the conversion report names it. The converter checks existence itself.
+  path: str
   label: str
   split: str
   time_start: float = -1.0
@@ -43,6 +45,11 @@ def index_videos(videos_dir: str) -> dict[str, str]:
   return index
 
 
+def _pattern(videos_dir: str, stem: str) -> str:
+  """The files `index_videos` would match for `stem`: the path reported when none exists."""
+  return os.path.join(videos_dir, "**", f"{stem}.*")
+
+
 def _read_kinetics(rows: list[dict[str, str]], videos_dir: str, label_file: str) -> list[Item]:
   index = index_videos(videos_dir)
   items = []
@@ -54,7 +61,7 @@ def _read_kinetics(rows: list[dict[str, str]], videos_dir: str, label_file: str)
     except (KeyError, ValueError, AttributeError) as e:
       raise ValueError(f"{label_file}:{line}: malformed Kinetics row {row}: {e}") from e
     video_id = f"{yid}_{int(start):06d}_{int(end):06d}"
-    path = index.get(video_id) or index.get(yid) or ""
+    path = index.get(video_id) or index.get(yid) or f"{_pattern(videos_dir, video_id)} or {yid}.*"
     split = (row.get("split") or "train").strip()
     items.append(Item(video_id, path, label, split, start, end))
   return items
@@ -74,7 +81,7 @@ def _read_path_list(lines: list[str], videos_dir: str, split: str, label_file: s
       continue  # header
     path = rel if os.path.isabs(rel) else os.path.join(videos_dir, rel)
     video_id = os.path.splitext(rel)[0]
-    items.append(Item(video_id, path if os.path.exists(path) else "", label, split))
+    items.append(Item(video_id, path, label, split))
   return items
 
 
@@ -86,7 +93,7 @@ def _read_ssv2(entries: list[dict[str, Any]], videos_dir: str, split: str, label
       raise ValueError(f"{label_file}: entry {n} has no `id` and `template`/`label`: {entry}")
     label = str(entry.get("template", entry.get("label"))).replace("[", "").replace("]", "")
     video_id = str(entry["id"])
-    items.append(Item(video_id, index.get(video_id, ""), label, split))
+    items.append(Item(video_id, index.get(video_id) or _pattern(videos_dir, video_id), label, split))
   return items
 
 

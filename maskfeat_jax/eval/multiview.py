@@ -175,8 +175,9 @@ def run_views(config, model, params, mesh, split: str, *, method: Optional[str] 
   """Runs the model over every view of `split`; returns (ViewResult, timing).
 
   `forward` (from `make_forward`) can be passed to reuse one compiled function across splits. timing:
-  rows (valid views), seconds (total), first_batch_seconds (includes compilation) and views_per_sec (after
-  the first batch when there are several, so compilation does not count).
+  rows (valid views), num_batches, seconds (total), first_batch_seconds (includes compilation) and
+  views_per_sec (after the first batch, so compilation does not count; None when no valid view came after
+  the first batch, e.g. a single batch).
   """
   batch_size = config.eval.batch_size if batch_size is None else batch_size
   local = per_process_batch(config, mesh, batch_size)
@@ -186,18 +187,20 @@ def run_views(config, model, params, mesh, split: str, *, method: Optional[str] 
   forward = forward or make_forward(config, model, mesh, method)
   variables = as_variables(params)
   acc = ViewAccumulator()
-  rows, rows_first, t_first, t0 = 0, 0, None, time.perf_counter()
+  rows, rows_first, num_batches, t_first, t0 = 0, 0, 0, None, time.perf_counter()
   for batch in iterator:
     out, label, example_id, valid = forward(variables, batch)
     acc.add(out, label, example_id, valid)
     rows += int(np.sum(valid))
+    num_batches += 1
     if t_first is None:
       t_first, rows_first = time.perf_counter(), rows
   t_end = time.perf_counter()
   t_first = t_end if t_first is None else t_first
-  steady_rows, steady_s = (rows - rows_first, t_end - t_first) if rows > rows_first else (rows, t_end - t0)
-  timing = dict(rows=rows, seconds=t_end - t0, first_batch_seconds=t_first - t0,
-                views_per_sec=steady_rows / max(steady_s, 1e-9))
+  # The first batch includes compilation: with nothing after it there is no steady-state rate to report.
+  views_per_sec = (rows - rows_first) / max(t_end - t_first, 1e-9) if rows > rows_first else None
+  timing = dict(rows=rows, num_batches=num_batches, seconds=t_end - t0, first_batch_seconds=t_first - t0,
+                views_per_sec=views_per_sec)
   return acc.result(), timing
 
 
@@ -220,7 +223,8 @@ def evaluate(config, model, params, mesh, split: str, workdir: Optional[str] = N
   Returns:
     Scalars top1, top5, mean_class_accuracy, nll (of the averaged probabilities), num_examples, num_views
     (= num_clips × num_crops), num_clips, num_crops, min_views / max_views (observed per example),
-    views_per_sec, eval_seconds; and non-scalars per_class_accuracy (list, NaN → None) and files (dict).
+    views_per_sec (None with a single batch), eval_seconds, first_batch_seconds, num_batches; and
+    non-scalars per_class_accuracy (list, NaN → None) and files (dict).
   """
   # Images have one view whatever eval.num_clips / num_crops say (the eval iterator ignores them).
   num_clips, num_crops = ((1, 1) if config.data.image_mode
@@ -239,7 +243,7 @@ def evaluate(config, model, params, mesh, split: str, workdir: Optional[str] = N
              num_examples=int(len(labels)), num_views=num_clips * num_crops, num_clips=num_clips,
              num_crops=num_crops, min_views=int(res.num_views.min()), max_views=int(res.num_views.max()),
              views_per_sec=timing["views_per_sec"], eval_seconds=timing["seconds"],
-             first_batch_seconds=timing["first_batch_seconds"],
+             first_batch_seconds=timing["first_batch_seconds"], num_batches=timing["num_batches"],
              per_class_accuracy=[report.json_float(v) for v in pca], files={})
   if out["min_views"] != out["num_views"] or out["max_views"] != out["num_views"]:
     logging.warning("evaluate(%s): examples have %d..%d views, expected %s.", split, out["min_views"],

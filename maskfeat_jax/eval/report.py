@@ -5,6 +5,7 @@ confusion_matrix.json and confusion_matrix.png (row-normalised).
 """
 import json
 import os
+import textwrap
 from typing import Optional, Sequence
 
 import numpy as np
@@ -50,18 +51,20 @@ def save_confusion_png(path: str, cm: np.ndarray, class_names: Sequence[str], ti
   """
   c = cm.shape[0]
   rows = np.maximum(cm.sum(axis=1, keepdims=True), 1)
-  size = min(4 + 0.25 * c, 20)
-  fig = Figure(figsize=(size, size))
+  size = min(5 + 0.25 * c, 20)
+  # Constrained layout makes room for the colour bar, the tick labels and a title of several lines.
+  fig = Figure(figsize=(size, size), layout="constrained")
   ax = fig.subplots()
   im = ax.imshow(cm / rows, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
   fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
   ax.set_xlabel("predicted class")
   ax.set_ylabel("true class")
-  ax.set_title(title, fontsize=9)
+  # The title (split, accuracies, example and view counts) is wider than a matrix of a few classes: wrap it
+  # to the figure's width (about 0.6 em per character at 9 pt) and centre it on the figure.
+  fig.suptitle("\n".join(textwrap.wrap(title, max(20, int(size * 72 / (0.6 * 9)) - 4))), fontsize=9)
   if c <= 40:
     ax.set_xticks(range(c), class_names, rotation=90, fontsize=7)
     ax.set_yticks(range(c), class_names, fontsize=7)
-  fig.tight_layout()
   fig.savefig(path, dpi=100)
 
 
@@ -83,9 +86,18 @@ def format_summary(m: dict, split: str, class_names: Optional[Sequence[str]] = N
       f"  mean per-class accuracy {100 * m['mean_class_accuracy']:.2f}%  {v}",
       f"  NLL of view-averaged softmax {m['nll']:.4f}  {v}",
       f"  lowest per-class accuracy: {worst_s}  {v}",
-      f"  {m['views_per_sec']:.1f} views/s after the first batch ({m['eval_seconds']:.1f}s in all, first batch "
-      f"with compilation {m['first_batch_seconds']:.1f}s)",
+      "  " + _speed(m),
   ])
+
+
+def _speed(m: dict) -> str:
+  # The first batch includes compilation, so only the batches after it give a rate; a single batch has none.
+  first = f"first batch with compilation {m['first_batch_seconds']:.1f}s"
+  if m.get("views_per_sec") is None:
+    n = m.get("num_batches", 1)
+    why = "a single batch" if n <= 1 else f"no valid views after the first of {n} batches"
+    return f"views/s after the first batch: n/a ({why}; {m['eval_seconds']:.1f}s in all, with compilation)"
+  return f"{m['views_per_sec']:.1f} views/s after the first batch ({m['eval_seconds']:.1f}s in all, {first})"
 
 
 def write_reports(workdir: str, split: str, m: dict, cm: np.ndarray, class_names: list, views: str) -> dict:

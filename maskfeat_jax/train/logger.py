@@ -1,6 +1,12 @@
 """Run outputs: console progress, WORKDIR/metrics.jsonl, TensorBoard events, the resolved config.
 
 Only process 0 writes. Scalars arrive as host numbers (the loop fetches them every few steps).
+
+A run resumed from step N supersedes what the interrupted one logged after N (a kill after logging but
+before the next checkpoint leaves such rows): metrics.jsonl keeps its rows up to N (rewritten atomically) and
+TensorBoard events from N on are purged (a SessionLog.START at N), the rows at N being written again from
+metrics.jsonl, so each logged step has exactly one row and one point. The final evaluation's row (marked
+"final": true) is dropped too when resuming at its step, since the resumed run evaluates again.
 """
 import json
 import math
@@ -9,6 +15,7 @@ import sys
 import time
 from typing import Any
 
+import numpy as np
 from absl import logging
 
 
@@ -55,8 +62,41 @@ def format_eta(seconds: float) -> str:
   return f"{h:d}:{m:02d}:{s:02d}"
 
 
+def _keep_rows_through(path: str, step: int) -> list[dict]:
+  """Drops the rows of `path` after `step` (and a final-eval row at it); returns the rows kept at `step`.
+
+  The file is replaced atomically (a kill now leaves the old or the new file, never half of one); a torn last
+  line (killed mid-write) is dropped.
+  """
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    lines = [l for l in f.read().splitlines() if l.strip()]
+  kept = []  # (line as written, row): kept lines are written back verbatim
+  for line in lines:
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if row["step"] < step or (row["step"] == step and not row.get("final")):
+      kept.append((line, row))
+  if len(kept) < len(lines):
+    logging.info("%s: resuming at step %d, dropping %d rows logged after it.", path, step,
+                 len(lines) - len(kept))
+    with open(path + ".tmp", "w") as f:
+      f.write("".join(line + "\n" for line, _ in kept))
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(path + ".tmp", path)
+  return [row for _, row in kept if row["step"] == step]
+
+
 class MetricsWriter:
-  """Console + JSONL + TensorBoard for one run (a no-op on processes other than 0)."""
+  """Console + JSONL + TensorBoard for one run (a no-op on processes other than 0).
+
+  `start_step`: the step the run starts from (the restored one, or 0); what was logged after it is superseded
+  (see the module docstring).
+  """
 
   def __init__(self, workdir: str, *, total_steps: int, batch_size: int, start_step: int = 0,
                primary: bool = True, tensorboard: bool = True, prefix: str = "", stream=None):
@@ -66,11 +106,16 @@ class MetricsWriter:
     self.primary = primary
     self.prefix = prefix
     self.stream = stream or sys.stdout
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if primary else None
-    self._tb = None
-    if primary and tensorboard:
-      from tensorboardX import SummaryWriter  # TensorFlow-free event writer
-      self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+    self._jsonl = self._tb = None
+    if primary:
+      path = os.path.join(workdir, "metrics.jsonl")
+      kept_at_start = _keep_rows_through(path, start_step)
+      self._jsonl = open(path, "a")
+      if tensorboard:
+        from tensorboardX import SummaryWriter  # TensorFlow-free event writer
+        self._tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=start_step)
+        for row in kept_at_start:
+          self._add_tb(start_step, {k: v for k, v in row.items() if k not in ("step", "time")})
     self._last_step = start_step
     self._last_time = time.perf_counter()
     self._data_time = 0.0
@@ -103,14 +148,25 @@ class MetricsWriter:
     if console:
       self.console(step, rec)
 
-  def scalars(self, step: int, rec: dict[str, float]):
+  def scalars(self, step: int, rec: dict[str, float], final: bool = False):
     if not self.primary:
       return
-    self._jsonl.write(json.dumps({"step": step, "time": time.time(), **rec}) + "\n")
+    row = {"step": step, "time": time.time(), **({"final": True} if final else {}), **rec}
+    self._jsonl.write(json.dumps(row) + "\n")
     self._jsonl.flush()
+    self._add_tb(step, rec)
+
+  def eval_scalars(self, step: int, result: dict | None, final: bool = False):
+    """The evaluator's scalars (top-1, top-5, ...) as eval/<name>; `final`: the end-of-training evaluation."""
+    rec = {f"eval/{k}": float(v) for k, v in (result or {}).items() if np.isscalar(v)}
+    if rec:
+      self.scalars(step, rec, final=final)
+
+  def _add_tb(self, step: int, rec: dict):
     if self._tb is not None:
       for k, v in rec.items():
-        self._tb.add_scalar(k, v, step)
+        if k != "final":
+          self._tb.add_scalar(k, v, step)
 
   def console(self, step: int, rec: dict[str, float]):
     parts = [f"{self.prefix}step {step}/{self.total_steps}"]

@@ -19,6 +19,7 @@ import re
 from typing import Any, Callable
 
 import jax
+import numpy as np
 from absl import logging
 import jax.numpy as jnp
 import optax
@@ -78,13 +79,43 @@ def resolve_schedule(config, train_size: int | None) -> Schedule:
 
 
 def lr_at(step, s: Schedule):
-  """lr of update `step` (0-based): linear warmup from start_lr, then half-cosine to end_lr."""
+  """lr of update `step` (0-based): linear warmup from start_lr, then half-cosine to end_lr
+  (`slowfast/utils/lr_policy.py`, cosine with linear warmup)."""
   step = jnp.asarray(step, jnp.float32)
   warm = s.start_lr + step * (s.base_lr - s.start_lr) / max(s.warmup_steps, 1e-12)
   decay_len = max(s.total_steps - s.warmup_steps, 1e-12)
   progress = jnp.clip((step - s.warmup_steps) / decay_len, 0.0, 1.0)
   cos = s.end_lr + (s.base_lr - s.end_lr) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
   return jnp.where(step < s.warmup_steps, warm, cos)
+
+
+def lr_table(s: Schedule) -> np.ndarray:
+  """float32 [total_steps]: the lr of every update, computed once per run on the host's default device.
+
+  The train step takes its lr as an argument (`scale_by_learning_rate_arg`) instead of computing it from the
+  schedule's constants, so the run length is not part of the compiled program: a longer run, a resume with
+  a new total_steps and the demo's phases reuse one compiled step. The table is `lr_at` with the constants
+  folded in, exactly as the step used to compute it (a traced divisor would round differently).
+  """
+  return np.asarray(jax.jit(lambda steps: lr_at(steps, s))(np.arange(s.total_steps, dtype=np.int32)))
+
+
+def scale_by_learning_rate_arg(default: Schedule) -> optax.GradientTransformationExtraArgs:
+  """-lr x updates, lr = the `learning_rate` passed to `update` (the train step passes its lr-table entry),
+  else lr_at(count, default). The state is optax.scale_by_learning_rate's (a count), so checkpoints match."""
+
+  def init(params):
+    del params
+    return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+  def update(updates, state, params=None, *, learning_rate=None, **extra):
+    del params, extra
+    lr = lr_at(state.count, default) if learning_rate is None else learning_rate
+    step_size = -lr
+    updates = jax.tree.map(lambda g: jnp.array(step_size, dtype=g.dtype) * g, updates)
+    return updates, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+
+  return optax.GradientTransformationExtraArgs(init, update)
 
 
 def _names(path) -> list[str]:
@@ -164,5 +195,5 @@ def make_optimizer(config, params, schedule: Schedule) -> optax.GradientTransfor
         o.weight_decay, mask=weight_decay_mask(params, o.zero_wd_1d, o.zero_wd_pos_cls)))
   if o.layer_decay != 1.0:
     parts.append(scale_by_tree(layer_decay_factors(params, o.layer_decay)))
-  parts.append(optax.scale_by_learning_rate(schedule))
+  parts.append(scale_by_learning_rate_arg(schedule))
   return optax.chain(*parts)

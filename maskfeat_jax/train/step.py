@@ -2,8 +2,9 @@
 
 A step does one optimizer update on the global batch. With `optim.grad_accum_steps = a > 1` the batch is
 split into `a` micro-batches that are scanned over (gradients averaged), so memory holds one micro-batch of
-activations. The step RNG is `fold_in(state.rng, state.step)`: a resumed run draws the same dropout / drop
-path randomness as a straight one.
+activations. The learning rate is an argument of the step (see `make_step_fn`). The step RNG is
+`fold_in(state.rng, state.step)`: a resumed run draws the same dropout / drop path randomness as a straight
+one.
 """
 from typing import Any, Callable
 
@@ -85,16 +86,20 @@ def value_and_grad(loss_fn: LossFn, params, batch: dict, rng: jax.Array, accum: 
   return (loss * scale, jax.tree.map(lambda a: a * scale, aux)), jax.tree.map(lambda g: g * scale, grads)
 
 
-def make_step_fn(loss_fn: LossFn, tx: optax.GradientTransformation, lr_fn, accum: int = 1):
-  """The pure step: (TrainState, batch) -> (TrainState, metrics)."""
+def make_step_fn(loss_fn: LossFn, tx: optax.GradientTransformation, accum: int = 1):
+  """The pure step: (TrainState, batch, lr) -> (TrainState, metrics).
 
-  def step(state: state_lib.TrainState, batch: dict):
+  The learning rate of this update comes in as an argument (an entry of `optim.lr_table`), not as the
+  schedule's constants, so runs of another length reuse the compiled step; `tx` is `optim.make_optimizer`'s.
+  """
+
+  def step(state: state_lib.TrainState, batch: dict, lr: jax.Array):
     rng = jax.random.fold_in(state.rng, state.step)
     (loss, aux), grads = value_and_grad(loss_fn, state.params, batch, rng, accum)
     grad_norm = optax.tree.norm(grads)  # before clipping (what the official logs show)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, learning_rate=lr)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr_fn(state.step), **aux}
+    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr, **aux}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
   return step
 
@@ -106,6 +111,6 @@ def jit_step(step_fn, state_shardings, batch_shard: dict, mesh):
   # fusion (targets.CPU_COMPILER_OPTIONS; figures in BENCHMARKS.md, "HOG target on CPU"); the option exists
   # only on CPU.
   options = targets.CPU_COMPILER_OPTIONS if mesh.devices.flat[0].platform == "cpu" else None
-  return jax.jit(step_fn, in_shardings=(state_shardings, batch_shard),
+  return jax.jit(step_fn, in_shardings=(state_shardings, batch_shard, replicated),
                  out_shardings=(state_shardings, replicated), donate_argnums=(0,),
                  compiler_options=options)

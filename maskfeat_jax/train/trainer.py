@@ -6,6 +6,7 @@ once, and runs it, with a checkpoint every `checkpoint_every_steps`, on SIGTERM 
 Evaluation is pluggable: `evaluator(params, workdir)` (built by run.py: multi-view eval for fine-tuning, the
 linear probe for pre-training) runs every `eval_every_steps` and at the end.
 """
+import contextlib
 import dataclasses
 import os
 import time
@@ -76,6 +77,7 @@ class _Run:
   writer: logger.MetricsWriter
   preempt: ckpt_lib.PreemptionFlag
   total_steps: int
+  lr_table: np.ndarray  # lr of every update: an argument of the compiled step (optim.lr_table)
   stop_at_step: int | None
   evaluator: Evaluator | None
 
@@ -131,20 +133,23 @@ def train(config, workdir: str, *, model, dataset, mesh, make_iterator: Callable
       primary=primary, tensorboard=config.log.tensorboard, prefix=f"[{config.mode}] ")
   run = _Run(config=config, compiled=compiled, iterator=iterator, keys=keys, batch_shardings=b_shard,
              ckpt=ckpt, writer=writer, preempt=ckpt_lib.PreemptionFlag().install(),
-             total_steps=schedule.total_steps, stop_at_step=stop_at_step, evaluator=evaluator)
-  try:
-    status, step, state, last, sps = _loop(run, state, start_step)
-  finally:
-    run.preempt.uninstall()
-    writer.close()
-    ckpt.close()
-    if hasattr(iterator, "close"):
-      iterator.close()
-  result = TrainResult(status=status, step=step, config=config, model=model, params=state.params, mesh=mesh,
-                       last_metrics=last, steps_per_sec=sps, wall_s=time.perf_counter() - t_start,
-                       start_step=start_step)
-  if status == "done" and evaluator is not None:
-    result.eval = evaluator(state.params, workdir)
+             total_steps=schedule.total_steps,
+             lr_table=optim.lr_table(schedule),
+             stop_at_step=stop_at_step, evaluator=evaluator)
+  with contextlib.closing(writer):  # open until after the final evaluation, whose scalars it logs too
+    try:
+      status, step, state, last, sps = _loop(run, state, start_step)
+    finally:
+      run.preempt.uninstall()
+      ckpt.close()
+      if hasattr(iterator, "close"):
+        iterator.close()
+    result = TrainResult(status=status, step=step, config=config, model=model, params=state.params,
+                         mesh=mesh, last_metrics=last, steps_per_sec=sps,
+                         wall_s=time.perf_counter() - t_start, start_step=start_step)
+    if status == "done" and evaluator is not None:
+      result.eval = evaluator(state.params, workdir)
+      writer.eval_scalars(step, result.eval, final=True)
   return result
 
 
@@ -153,13 +158,13 @@ def _compile(config, model, tx, schedule, shardings, abstract_state, mesh):
   keys = step_keys(config)
   ex = factory.example_batch(config, config.batch_size)
   b_shard = sharding.batch_shardings(config, mesh, {k: ex[k].shape for k in keys})
-  step_fn = step_lib.make_step_fn(step_lib.loss_fn_for(config, model), tx, schedule,
-                                  int(config.optim.grad_accum_steps))
+  step_fn = step_lib.make_step_fn(step_lib.loss_fn_for(config, model), tx, int(config.optim.grad_accum_steps))
   jstep = step_lib.jit_step(step_fn, shardings, b_shard, mesh)
   abstract_batch = {k: jax.ShapeDtypeStruct(ex[k].shape, ex[k].dtype, sharding=b_shard[k]) for k in keys}
+  abstract_lr = jax.ShapeDtypeStruct((), np.float32)
   t0 = time.perf_counter()
   with sharding.config_mesh_context(config, mesh):
-    compiled = jstep.lower(abstract_state, abstract_batch).compile()
+    compiled = jstep.lower(abstract_state, abstract_batch, abstract_lr).compile()
   print(f"[{config.mode}] train step compiled in {time.perf_counter() - t0:.1f}s", flush=True)
   return compiled, keys, b_shard
 
@@ -187,7 +192,7 @@ def _loop(run: _Run, state, start_step: int):
     t0 = time.perf_counter()
     batch = sharding.place_batch(next(run.iterator), run.keys, run.batch_shardings)
     run.writer.add_data_time(time.perf_counter() - t0)
-    state, m = run.compiled(state, batch)
+    state, m = run.compiled(state, batch, run.lr_table[step])
     step += 1
     pending.append((step, m))
     stop = run.stop_at_step is not None and step >= run.stop_at_step
@@ -227,6 +232,4 @@ def _maybe_eval(run: _Run, state, step: int):
   every = run.config.eval_every_steps
   if run.evaluator is None or every <= 0 or step % every or step == run.total_steps:
     return
-  res = run.evaluator(state.params, None)
-  if res:
-    run.writer.scalars(step, {f"eval/{k}": float(v) for k, v in res.items() if np.isscalar(v)})
+  run.writer.eval_scalars(step, run.evaluator(state.params, None))

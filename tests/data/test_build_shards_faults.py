@@ -5,6 +5,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import numpy as np
@@ -82,6 +83,52 @@ def test_sigkill_of_converter_leaves_no_worker_processes(tmp_path):
     for c in children:  # only the processes this test started
       if not _is_gone(c):
         c.kill()
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+# A parent that starts one worker which, like a converter worker, calls `_exit_with_parent`; with
+# `no_prctl` the worker takes the path of systems without prctl (the thread watching os.getppid()).
+_PARENT_SCRIPT = textwrap.dedent("""
+    import multiprocessing, os, sys, time
+    from maskfeat_jax.data import worker_pool
+
+    def work(parent_pid, no_prctl):
+      if no_prctl:
+        sys.platform = "darwin"
+      worker_pool._exit_with_parent(parent_pid)
+      time.sleep(300)
+
+    if __name__ == "__main__":
+      child = multiprocessing.get_context("spawn").Process(target=work, args=(os.getpid(), sys.argv[1] == "1"))
+      child.start()
+      time.sleep(2)  # the child is past its start-up (and in its sleep)
+      print(child.pid, flush=True)
+      time.sleep(300)
+""")
+
+
+@pytest.mark.parametrize("no_prctl", [False, True], ids=["prctl", "getppid_thread"])
+def test_worker_exits_when_its_parent_is_killed(tmp_path, no_prctl):
+  script = tmp_path / "parent.py"
+  script.write_text(_PARENT_SCRIPT)
+  proc = subprocess.Popen(["timeout", "-k", "5", "120", sys.executable, str(script), str(int(no_prctl))],
+                          cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE,
+                          text=True, start_new_session=True)
+  worker = None
+  try:
+    worker = psutil.Process(int(proc.stdout.readline()))
+    parent = psutil.Process(proc.pid).children()[0]
+    assert not _is_gone(worker) and worker.ppid() == parent.pid, "the worker did not start"
+    parent.send_signal(signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not _is_gone(worker):
+      time.sleep(0.1)
+    assert _is_gone(worker), "the worker outlived its killed parent"
+  finally:
+    if worker is not None and not _is_gone(worker):
+      worker.kill()
     if proc.poll() is None:
       os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)

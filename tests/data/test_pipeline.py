@@ -172,6 +172,7 @@ def test_state_restore_gives_identical_next_batches(data_dir):
   assert_batches_equal(take(fresh, 3), expected)
 
 
+@pytest.mark.slow
 def test_state_restore_with_worker_processes(data_dir):
   c = tiny_config(data_dir, "finetune", num_workers=2)  # finetune: workers need not import the mask code
   it = pipeline.make_train_iterator(c)

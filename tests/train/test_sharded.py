@@ -36,17 +36,18 @@ SCRIPT = textwrap.dedent(r"""
       mesh = sharding.make_mesh(c.mesh, jax.devices()[:ndev])
       rules = config_lib.logical_rules(c)
       sched = optim.resolve_schedule(c, None)
+      lrs = optim.lr_table(sched)
       state, shard, tx = st.create_train_state(
           trainer.init_params_fn(c, model), lambda p: optim.make_optimizer(c, p, sched),
           jax.random.PRNGKey(0), mesh, rules)
       keys = config_lib.step_keys(c)
       bs = sharding.batch_shardings(c, mesh, {k: batches[0][k].shape for k in keys})
       loss_fn = sl.loss_fn_for(c, model)
-      fn = sl.jit_step(sl.make_step_fn(loss_fn, tx, sched), shard, bs, mesh)
+      fn = sl.jit_step(sl.make_step_fn(loss_fn, tx), shard, bs, mesh)
       losses = []
       with sharding.mesh_context(mesh, rules):
         for b in batches:
-          state, m = fn(state, sharding.place_batch(b, keys, bs))
+          state, m = fn(state, sharding.place_batch(b, keys, bs), lrs[len(losses)])
           losses.append(float(m["loss"]))  # sync every step (XLA:CPU multi-device)
       specs = {jax.tree_util.keystr(p): str(x.sharding.spec)
                for p, x in jax.tree_util.tree_leaves_with_path(state.params)}
