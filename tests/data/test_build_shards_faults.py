@@ -114,7 +114,7 @@ def test_worker_exits_when_its_parent_is_killed(tmp_path, no_prctl):
   script = tmp_path / "parent.py"
   script.write_text(_PARENT_SCRIPT)
   proc = subprocess.Popen(["timeout", "-k", "5", "120", sys.executable, str(script), str(int(no_prctl))],
-                          cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE,
+                          cwd=REPO, stdout=subprocess.PIPE,
                           text=True, start_new_session=True)
   worker = None
   try:
