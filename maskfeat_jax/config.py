@@ -44,6 +44,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 100
   c.keep_checkpoints = 3
   c.eval_every_steps = 0  # 0 = only at the end
+  # MaskFeat pre-training: WORKDIR/pictures/prediction_<step>.png (target vs predicted HOG of the eval
+  # split's first clip, mask from the seed) every N steps and at the end, plus pictures/curves.png at the
+  # end (maskfeat_jax/viz/hook.py). 0 = off.
+  c.viz_every_steps = 0
   # Persistent XLA compilation cache shared by runs and phases ("" = off): a rerun, or the demo's
   # from-scratch phase after its fine-tuning phase, reuses compiled steps instead of recompiling.
   c.compilation_cache_dir = "~/.cache/maskfeat_jax/xla_cache"

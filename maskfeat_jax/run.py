@@ -26,6 +26,7 @@ from maskfeat_jax.eval import multiview
 from maskfeat_jax.eval import probe
 from maskfeat_jax.models import factory
 from maskfeat_jax.train import trainer
+from maskfeat_jax.viz import hook
 
 
 @dataclasses.dataclass
@@ -66,6 +67,8 @@ def splits_read(config) -> dict[str, str]:
     out["config.data.train_split"] = config.data.train_split
   if config.mode in ("finetune", "eval"):
     out["config.data.eval_split"] = config.data.eval_split
+  if config.mode == "pretrain" and config.viz_every_steps > 0 and config.model.type == "maskfeat":
+    out["config.data.eval_split"] = config.data.eval_split  # the prediction pictures' clip
   if config.mode == "probe" or (config.mode == "pretrain" and config.eval_every_steps > 0):
     out["config.probe.train_split"] = config.probe.train_split or config.data.train_split
     out["config.probe.eval_split"] = config.probe.eval_split or config.data.eval_split
@@ -110,13 +113,20 @@ def evaluator_for(config, model, mesh, dataset) -> trainer.Evaluator | None:
   return None
 
 
+def visualizer_for(config, model, mesh) -> trainer.Visualizer | None:
+  """MaskFeat pre-training with viz_every_steps > 0: WORKDIR/pictures/ (viz/hook.py)."""
+  if config.mode == "pretrain" and config.model.type == "maskfeat" and config.viz_every_steps > 0:
+    return hook.make_visualizer(config, model, mesh)
+  return None
+
+
 def train(config, workdir: str, parts: Components | None = None) -> trainer.TrainResult:
   parts = parts or Components()
   p = prepare(config, parts)
   make_it = parts.make_train_iterator or pipeline.make_train_iterator
   return trainer.train(p.config, workdir, model=p.model, dataset=p.dataset, mesh=p.mesh, make_iterator=make_it,
                        evaluator=evaluator_for(p.config, p.model, p.mesh, p.dataset),
-                       stop_at_step=parts.stop_at_step)
+                       stop_at_step=parts.stop_at_step, visualizer=visualizer_for(p.config, p.model, p.mesh))
 
 
 def _frozen_params(p: _Prepared):

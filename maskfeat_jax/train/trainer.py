@@ -4,7 +4,8 @@
 WORKDIR/checkpoints when a run is there (or starts fine-tuning from `config.init_from`), compiles the step
 once, and runs it, with a checkpoint every `checkpoint_every_steps`, on SIGTERM / preemption and at the end.
 Evaluation is pluggable: `evaluator(params, workdir)` (built by run.py: multi-view eval for fine-tuning, the
-linear probe for pre-training) runs every `eval_every_steps` and at the end.
+linear probe for pre-training) runs every `eval_every_steps` and at the end; so does an optional
+`visualizer(params, step, workdir, final)` (run.py: MaskFeat prediction pictures) every `viz_every_steps`.
 """
 import contextlib
 import dataclasses
@@ -30,6 +31,7 @@ from maskfeat_jax.train import step as step_lib
 _MAX_UNSYNCED_STEPS = 8
 
 Evaluator = Callable[[Any, str | None], dict | None]  # (params, workdir or None) -> scalars
+Visualizer = Callable[[Any, int, str, bool], None]  # (params, step, workdir, final) -> writes pictures
 
 
 @dataclasses.dataclass
@@ -80,10 +82,13 @@ class _Run:
   lr_table: np.ndarray  # lr of every update: an argument of the compiled step (optim.lr_table)
   stop_at_step: int | None
   evaluator: Evaluator | None
+  visualizer: Visualizer | None = None
+  workdir: str = ""
 
 
 def train(config, workdir: str, *, model, dataset, mesh, make_iterator: Callable,
-          evaluator: Evaluator | None = None, stop_at_step: int | None = None) -> TrainResult:
+          evaluator: Evaluator | None = None, stop_at_step: int | None = None,
+          visualizer: Visualizer | None = None) -> TrainResult:
   """Pre-trains or fine-tunes (config.mode), resuming from WORKDIR/checkpoints if present.
 
   Args:
@@ -93,6 +98,7 @@ def train(config, workdir: str, *, model, dataset, mesh, make_iterator: Callable
     make_iterator: (config, *, process_index, process_count) -> train batch iterator (Grain).
     evaluator: see the module docstring; None = no evaluation.
     stop_at_step: save and return at this step as if preempted (tests).
+    visualizer: see the module docstring; None = no pictures.
   """
   t_start = time.perf_counter()
   rules = logical_rules(config)
@@ -135,7 +141,7 @@ def train(config, workdir: str, *, model, dataset, mesh, make_iterator: Callable
              ckpt=ckpt, writer=writer, preempt=ckpt_lib.PreemptionFlag().install(),
              total_steps=schedule.total_steps,
              lr_table=optim.lr_table(schedule),
-             stop_at_step=stop_at_step, evaluator=evaluator)
+             stop_at_step=stop_at_step, evaluator=evaluator, visualizer=visualizer, workdir=workdir)
   with contextlib.closing(writer):  # open until after the final evaluation, whose scalars it logs too
     try:
       status, step, state, last, sps = _loop(run, state, start_step)
@@ -150,6 +156,8 @@ def train(config, workdir: str, *, model, dataset, mesh, make_iterator: Callable
     if status == "done" and evaluator is not None:
       result.eval = evaluator(state.params, workdir)
       writer.eval_scalars(step, result.eval, final=True)
+    if status == "done" and visualizer is not None:
+      visualizer(state.params, step, workdir, True)
   return result
 
 
@@ -214,6 +222,8 @@ def _loop(run: _Run, state, start_step: int):
         run.writer.write(step, _window_mean(window))
         window.clear()
       _maybe_eval(run, state, step)
+    if run.visualizer is not None and config.viz_every_steps > 0 and step % config.viz_every_steps == 0:
+      run.visualizer(state.params, step, run.workdir, False)
     if save_now:
       run.ckpt.save(step, state, run.iterator, force=stop or preempted)
     if stop or preempted:
