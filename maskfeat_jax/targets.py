@@ -23,15 +23,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from maskfeat_jax import compiler
+
 _L2_EPS = 1e-12  # F.normalize default, as the official code uses.
 _PIXEL_EPS = 1e-6  # official pixel-target normalisation: (x - mean) / sqrt(var + 1e-6).
 
-# XLA:CPU hands float reductions to a YNNPACK "reduce fusion", which cannot absorb the one-hot compare: it
-# materialises the 9x-expanded [..., H, W, 9] tensor instead of fusing compare-and-sum as XLA's own
-# reductions do, and is much slower (figures in BENCHMARKS.md, "HOG target on CPU"). On CPU, pass these to
-# `jax.jit(..., compiler_options=...)` of the function that computes the targets (benchmarks/hog_bench.py
-# times both). Not needed (nor valid) on GPU/TPU.
-CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 def _check_channels_last(x: jax.Array, min_ndim: int, what: str) -> None:
@@ -155,8 +151,9 @@ def _planar_input(images: jax.Array, nbins: int, cell_size: int) -> jax.Array:
 
 
 # Jitted at definition (shape/arg errors still raise at trace time): eager callers get one compiled
-# program instead of dozens of op-by-op dispatches; inside another jit this simply inlines.
-@functools.partial(jax.jit, static_argnames=("nbins", "cell_size", "gaussian_window"))
+# program instead of dozens of op-by-op dispatches, with the same compiler options as the train step
+# (maskfeat_jax.compiler); inside another jit this simply inlines.
+@functools.partial(compiler.jit, static_argnames=("nbins", "cell_size", "gaussian_window"))
 def hog(images: jax.Array, nbins: int = 9, cell_size: int = 8, gaussian_window: int = 0) -> jax.Array:
   """Histograms of oriented gradients exactly as the official MaskFeat `HOGLayerC`.
 
@@ -200,7 +197,7 @@ def _check_rank(x: jax.Array, what: str) -> None:
                      f"got shape {tuple(x.shape)}")
 
 
-@functools.partial(jax.jit, static_argnames=("feature_stride", "temporal_stride", "nbins", "cell_size",
+@functools.partial(compiler.jit, static_argnames=("feature_stride", "temporal_stride", "nbins", "cell_size",
                                              "gaussian_window"))
 def hog_token_targets(x: jax.Array, feature_stride: int = 16, temporal_stride: int = 2, nbins: int = 9,
                       cell_size: int = 8, gaussian_window: int = 0) -> jax.Array:
@@ -237,7 +234,7 @@ def hog_token_targets(x: jax.Array, feature_stride: int = 16, temporal_stride: i
   return feats.transpose(perm).reshape(*lead, h, w, c * nb * u * u)
 
 
-@functools.partial(jax.jit, static_argnames=("feature_stride", "temporal_stride"))
+@functools.partial(compiler.jit, static_argnames=("feature_stride", "temporal_stride"))
 def pixel_token_targets(x: jax.Array, feature_stride: int = 16, temporal_stride: int = 2) -> jax.Array:
   """Per-token normalised pixel targets (`slowfast/models/masked.py::MaskMViT._get_pixel_label_2d/3d`).
 

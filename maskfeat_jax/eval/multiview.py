@@ -22,6 +22,7 @@ from absl import logging
 from flax.core import meta
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from maskfeat_jax import compiler
 from maskfeat_jax import sharding
 from maskfeat_jax.config import check_batch, input_key
 from maskfeat_jax.data import eval_pipeline
@@ -150,7 +151,7 @@ def make_forward(config, model, mesh, method: Optional[str] = None) -> Callable:
       out = model.apply(variables, x, method=method).astype(jnp.float32)
     return out, label, example_id, valid
 
-  jitted = jax.jit(fwd, out_shardings=(replicated,) * 4)
+  jitted = compiler.jit(fwd, platform=mesh.devices.flat[0].platform, out_shardings=(replicated,) * 4)
   key = input_key(config)
 
   keys = (key, "label", "example_id", "valid")

@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from maskfeat_jax import compiler
 from maskfeat_jax.config import locked_copy
 from maskfeat_jax.data import splits
 from maskfeat_jax.eval import multiview as ev
@@ -53,7 +54,7 @@ def train_linear_classifier(features: np.ndarray, labels: np.ndarray, num_classe
     logits = xb @ p["w"] + p["b"]
     return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
 
-  @jax.jit
+  @compiler.jit
   def run(params, key):
     def step(carry, k):
       p, opt = carry

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from maskfeat_jax import targets
+from maskfeat_jax import compiler
 from maskfeat_jax.config import input_key
 from maskfeat_jax.train import losses
 from maskfeat_jax.train import mixup
@@ -107,10 +107,7 @@ def make_step_fn(loss_fn: LossFn, tx: optax.GradientTransformation, accum: int =
 def jit_step(step_fn, state_shardings, batch_shard: dict, mesh):
   """jit with explicit in/out shardings and the state donated (updated in place)."""
   replicated = NamedSharding(mesh, P())
-  # On CPU, XLA's own fused reductions make the HOG target much faster than the default YNNPACK reduce
-  # fusion (targets.CPU_COMPILER_OPTIONS; figures in BENCHMARKS.md, "HOG target on CPU"); the option exists
-  # only on CPU.
-  options = targets.CPU_COMPILER_OPTIONS if mesh.devices.flat[0].platform == "cpu" else None
-  return jax.jit(step_fn, in_shardings=(state_shardings, batch_shard, replicated),
-                 out_shardings=(state_shardings, replicated), donate_argnums=(0,),
-                 compiler_options=options)
+  # compiler.jit adds the platform's compiler options (on CPU the ones that make the HOG target fast).
+  return compiler.jit(step_fn, platform=mesh.devices.flat[0].platform,
+                      in_shardings=(state_shardings, batch_shard, replicated),
+                      out_shardings=(state_shardings, replicated), donate_argnums=(0,))

@@ -86,8 +86,8 @@ def fixed_mask(config) -> np.ndarray:
 
 def forward(config, model, params, x: np.ndarray, mask: np.ndarray) -> dict:
   """MaskFeat outputs of one example as numpy (batch dim dropped): pred, target, token_mask."""
-  import jax
-  out = jax.jit(lambda p, a, m: model.apply({"params": p}, a, m))(params, x[None], mask[None])
+  from maskfeat_jax import compiler  # jax only when a model is run
+  out = compiler.jit(lambda p, a, m: model.apply({"params": p}, a, m))(params, x[None], mask[None])
   return {k: np.asarray(out[k])[0] for k in ("pred", "target", "token_mask")}
 
 

@@ -20,11 +20,13 @@ def make_visualizer(config, model, mesh):
   import jax
   from jax.sharding import NamedSharding, PartitionSpec
 
+  from maskfeat_jax import compiler
+
   fixed = {}
   replicated = NamedSharding(mesh, PartitionSpec())
   keys = ("pred", "target", "token_mask")
-  fwd = jax.jit(lambda p, x, m: {k: v for k, v in model.apply({"params": p}, x, m).items() if k in keys},
-                out_shardings=replicated)
+  fwd = compiler.jit(lambda p, x, m: {k: v for k, v in model.apply({"params": p}, x, m).items() if k in keys},
+                     platform=mesh.devices.flat[0].platform, out_shardings=replicated)
 
   def visualize(params, step: int, workdir: str, final: bool = False):
     if not fixed:
