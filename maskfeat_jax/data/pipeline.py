@@ -8,10 +8,12 @@ Training (`make_train_iterator`), per JAX process:
 
 All host randomness of an example comes from `np.random.default_rng([seed, epoch, example])`, so it does not
 depend on the number of processes or workers, and a run resumed from a saved iterator state draws the same crops
-and masks. Every process sees ceil(N / P) examples per epoch: process p takes positions p, p + P, ... of the
-epoch's permutation (wrapping around when P does not divide N), so the processes' slices are disjoint and cover
-the epoch when P divides N, and cover it with ceil(N/P)*P - N repeats otherwise; all processes run the same
-number of steps.
+and masks. The global batch order does not depend on the process count either: the run reads one stream of
+examples (epoch e = a permutation of the N examples by (seed, e), epochs back to back, batches straddling
+epoch ends) in global batches of B examples; process p of P takes the p-th contiguous block of B / P examples
+of each global batch, which is what `jax.make_array_from_process_local_data` expects of the processes' rows
+(process p's devices hold rows [p B/P, (p+1) B/P) of the global batch). So 2 processes x 2 devices train on
+exactly the batches, and put each example on the same device, as 1 process x 4 devices.
 
 Evaluation (`data/eval_pipeline.py::make_eval_iterator`) is finite: every example of the split yields num_clips x num_crops views;
 process p takes examples p, p + P, ...; batches are padded to full size (`valid` = False) and every process yields
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import threading
 
 import grain
@@ -205,7 +206,7 @@ class _TrainMap:
   """Step index -> one training element (num_sample clips of one example), or None for an unreadable record."""
 
   def __init__(self, spec: ClipSpec, records: Records, num_examples: int, shuffle: bool, process_index: int,
-               process_count: int, offset: int = 0):
+               process_count: int, offset: int = 0, examples_per_batch: int = 1):
     self.spec = spec
     self.records = records
     self.num_examples = num_examples
@@ -213,16 +214,20 @@ class _TrainMap:
     self.shuffle = shuffle
     self.process_index = process_index
     self.process_count = process_count
-    self.per_process = math.ceil(num_examples / process_count)
+    self.examples_per_batch = examples_per_batch  # this process's examples per batch (B / P / num_sample)
     self.failures = Failures(spec.split)
     self._mask_gen = None
 
+  def global_position(self, step_index: int) -> int:
+    """Position in the run's example stream of this process's `step_index`-th element (module docstring)."""
+    batch, row = divmod(step_index, self.examples_per_batch)
+    return (batch * self.process_count + self.process_index) * self.examples_per_batch + row
+
   def example_at(self, step_index: int) -> tuple[int, int]:
     """(epoch, record index) of this process's `step_index`-th element."""
-    epoch, position = divmod(step_index, self.per_process)
-    global_position = (position * self.process_count + self.process_index) % self.num_examples
+    epoch, position = divmod(self.global_position(step_index), self.num_examples)
     order = _epoch_order(self.spec.seed, epoch, self.num_examples, self.shuffle)
-    return epoch, self.offset + int(order[global_position])
+    return epoch, self.offset + int(order[position])
 
   def __call__(self, step_index: int, _) -> dict[str, np.ndarray] | None:
     epoch, example = self.example_at(step_index)
@@ -346,10 +351,11 @@ def make_train_iterator(config, *, process_index: int = 0, process_count: int = 
   split = config.data.train_split
   files = meta.files(split)
   start, stop = meta.split_range(split)  # an empty split or slice is an error naming it
-  fn = _TrainMap(clip_spec(config, split, train=True), Records(files), stop - start, bool(config.data.shuffle),
-                 process_index, process_count, offset=start)
   videos_per_batch = local_batch // config.data.num_sample
-  ds = grain.MapDataset.range(fn.per_process).repeat().map_with_index(fn)
+  fn = _TrainMap(clip_spec(config, split, train=True), Records(files), stop - start, bool(config.data.shuffle),
+                 process_index, process_count, offset=start, examples_per_batch=videos_per_batch)
+  # The element index is this process's position in its (infinite) stream; fn maps it to the example.
+  ds = grain.MapDataset.range(stop - start).repeat().map_with_index(fn)
   it = ds.to_iter_dataset(read_options(config, videos_per_batch))
   it = it.batch(videos_per_batch, drop_remainder=True, batch_fn=_concat_batch)
   if config.data.num_workers > 0:

@@ -187,40 +187,43 @@ def test_state_restore_with_worker_processes(data_dir):
     i.close()
 
 
-def _epoch_examples(data_dir, process_count, epoch=0):
+def _stream(data_dir, process_count, batch, steps):
+  """Each process's examples of `steps` local batches (of `batch` / process_count examples each)."""
   c = tiny_config(data_dir)
-  seen = []
+  local = batch // process_count
+  out = []
   for p in range(process_count):
-    fn = pipeline._TrainMap(pipeline.clip_spec(c, "train", True), None, 400, True, p, process_count)  # pylint: disable=protected-access
-    seen.append([fn.example_at(epoch * fn.per_process + i)[1] for i in range(fn.per_process)])
-  return seen
+    fn = pipeline._TrainMap(pipeline.clip_spec(c, "train", True), None, 400, True, p, process_count,  # pylint: disable=protected-access
+                            examples_per_batch=local)
+    out.append(np.array([fn.example_at(i)[1] for i in range(steps * local)]).reshape(steps, local))
+  return out
 
 
-def test_process_sharding_disjoint_and_complete(data_dir):
-  four = _epoch_examples(data_dir, 4)
-  assert [len(s) for s in four] == [100] * 4
-  flat = np.concatenate(four)
-  assert sorted(flat.tolist()) == list(range(400))  # disjoint and complete
-  # 3 processes: ceil(400/3) = 134 each; every example once, plus 2 wrapped repeats.
-  three = np.concatenate(_epoch_examples(data_dir, 3))
-  counts = np.bincount(three, minlength=400)
-  assert len(three) == 402 and counts.min() == 1 and counts.sum() - 400 == 2
-  # A new epoch is a new permutation; the global order does not depend on the process count.
-  assert not np.array_equal(np.concatenate(_epoch_examples(data_dir, 4, epoch=1)), flat)
-  one = _epoch_examples(data_dir, 1)[0]
-  np.testing.assert_array_equal(np.stack(four, 1).reshape(-1), one)
+def test_process_sharding_keeps_the_global_batch_order():
+  """P processes' local batches, concatenated in process order, are the 1-process batches, row for row
+  (what make_array_from_process_local_data assembles): 2x2 devices train as 1x4; every epoch is a
+  permutation of the 400 examples, covered once across the processes, also when P does not divide it."""
+  one = _stream(None, 1, 8, 150)[0]  # 1,200 examples: 3 epochs
+  for procs in (2, 4):
+    np.testing.assert_array_equal(np.concatenate(_stream(None, procs, 8, 150), axis=1), one)
+  flat = one.reshape(-1)
+  for epoch in range(3):
+    assert sorted(flat[epoch * 400:(epoch + 1) * 400].tolist()) == list(range(400))
+  assert not np.array_equal(flat[:400], flat[400:800])  # a new epoch is a new permutation
+  three = np.concatenate(_stream(None, 3, 6, 200), axis=1).reshape(-1)  # 3 processes, batch 6: 1,200
+  np.testing.assert_array_equal(three, flat)  # batches straddle epoch ends as in one process
 
 
 def test_per_process_batches_follow_the_shard(data_dir):
-  """Process 1 of 2 yields the clips of examples its shard lists (same crops as a 1-process run draws)."""
+  """Process 1 of 2 yields the second half of each 1-process batch (same examples, same crops)."""
   c = tiny_config(data_dir, "finetune", shuffle=False)
   c.batch_size = 4
   local = take(pipeline.make_train_iterator(c, process_index=1, process_count=2), 2)  # 2 clips per batch
   single = take(pipeline.make_train_iterator(c, process_index=0, process_count=1), 2)
-  # Unshuffled: process 1 of 2 gets examples 1, 3 | 5, 7; the single process batches are 0-3 | 4-7.
+  # Unshuffled: process 1 of 2 gets examples 2, 3 | 6, 7; the single process batches are 0-3 | 4-7.
   for got, full in zip(local, single):
-    np.testing.assert_array_equal(got["video"], full["video"][1::2])
-    np.testing.assert_array_equal(got["label"], full["label"][1::2])
+    np.testing.assert_array_equal(got["video"], full["video"][2:])
+    np.testing.assert_array_equal(got["label"], full["label"][2:])
 
 
 def test_repeated_sampling_draws_different_clips_of_one_video(data_dir):
