@@ -19,6 +19,10 @@ k, k + N, k + 2N, ... of the label file (deterministic). A shard is written unde
 when complete, together with a small sidecar (.convert/) saying what it holds: a rerun skips finished shards.
 Bad inputs (missing, empty, truncated, not a video, undecodable) are skipped, counted and listed in
 `conversion_report.json`; dataset_info.json / features.json are (re)written at the end for every finished split.
+
+--runner=beam runs the same per-shard work as an Apache Beam pipeline (data/beam_pipeline.py; DirectRunner in
+multi_processing mode by default, Dataflow / Flink / Spark through --beam_pipeline_options), for datasets
+larger than one machine converts in reasonable time; the shards and report are the local runner's.
 """
 from __future__ import annotations
 
@@ -186,14 +190,11 @@ def _finished(ds_dir, name, split, shard, num_shards, rows) -> dict | None:
   return meta
 
 
-def convert(items: Sequence[Item], output_dir: str, name: str, class_names: Sequence[str], options: Options,
-            *, examples_per_shard: int = 64, num_workers: int = 0, version: str = storage.DEFAULT_VERSION,
-            progress: bool = True) -> dict[str, Any]:
-  """Converts `items` into output_dir/name/version; returns the report (also written to REPORT_FILE)."""
-  ds_dir = storage.dataset_dir(output_dir, name, version)
-  (ds_dir / STATE_DIR).mkdir(parents=True, exist_ok=True)
+def pending_shards(items: Sequence[Item], ds_dir: pathlib.Path, name: str,
+                   examples_per_shard: int) -> list[tuple[str, int, int, list[Item]]]:
+  """(split, shard, num_shards, rows) of every shard still to write (a finished one is skipped)."""
   plan = plan_shards(items, examples_per_shard)
-  pending = []  # (split, shard, num_shards, rows)
+  pending = []
   for split, shards in sorted(plan.items()):
     _check_existing_shards(ds_dir, name, split, len(shards))
     for k, rows in enumerate(shards):
@@ -201,6 +202,35 @@ def convert(items: Sequence[Item], output_dir: str, name: str, class_names: Sequ
         pending.append((split, k, len(shards), rows))
       else:
         logging.info("Shard %d of split %s already written; skipping.", k, split)
+  return pending
+
+
+RUNNERS = ("local", "beam")
+
+
+def convert(items: Sequence[Item], output_dir: str, name: str, class_names: Sequence[str], options: Options,
+            *, examples_per_shard: int = 64, num_workers: int = 0, version: str = storage.DEFAULT_VERSION,
+            progress: bool = True, runner: str = "local", beam_pipeline_options: str = "") -> dict[str, Any]:
+  """Converts `items` into output_dir/name/version; returns the report (also written to REPORT_FILE).
+
+  runner 'local': this machine's process pool (`num_workers` processes, 0 = in this process).
+  runner 'beam': an Apache Beam pipeline (data/beam_pipeline.py) with `beam_pipeline_options`; each shard
+  is one element, converted and written by a Beam worker with the same code as here, so the shards,
+  sidecars and report are those of the local runner.
+  """
+  if runner not in RUNNERS:
+    raise ValueError(f"--runner={runner!r}: expected one of {RUNNERS}.")
+  ds_dir = storage.dataset_dir(output_dir, name, version)
+  (ds_dir / STATE_DIR).mkdir(parents=True, exist_ok=True)
+  pending = pending_shards(items, ds_dir, name, examples_per_shard)
+  if runner == "beam":
+    try:  # apache-beam is an optional extra: imported only for this runner
+      from maskfeat_jax.data import beam_pipeline  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+      raise SystemExit(f"ERROR: --runner=beam needs apache-beam: pip install 'maskfeat_jax[beam]' ({e}).") from e
+    beam_pipeline.run(pending, ds_dir, name, class_names, options, beam_pipeline_options,
+                      num_workers=num_workers)
+    return finish(ds_dir, name, class_names, version)
   total = sum(len(rows) for *_, rows in pending)
   results = iter(_run_workers([it for *_, rows in pending for it in rows], class_names, options, num_workers))
   bar = _progress(total, progress)
@@ -211,6 +241,17 @@ def convert(items: Sequence[Item], output_dir: str, name: str, class_names: Sequ
     if bar is not None:
       bar.close()
   return finish(ds_dir, name, class_names, version)
+
+
+def convert_shard(ds_dir: pathlib.Path, name: str, split: str, k: int, num_shards: int, rows: Sequence[Item],
+                  class_names: Sequence[str], options: Options, num_workers: int = 1) -> None:
+  """Decodes, resizes, encodes and writes one shard (with its sidecar): the unit of work of a Beam worker.
+
+  num_workers=1 decodes in one child process, so a decoder that crashes the process skips only its video
+  (worker_pool.CrashSafePool) instead of failing the Beam bundle; 0 decodes in this process.
+  """
+  results = iter(_run_workers(list(rows), class_names, options, num_workers))
+  _write_one_shard(ds_dir, name, split, k, num_shards, rows, results, None)
 
 
 def _run_workers(work: list[Item], class_names, options, num_workers: int, fn=None) -> Iterable[tuple[str, Any]]:
@@ -314,6 +355,13 @@ def define_flags() -> None:
   flags.DEFINE_integer("examples_per_shard", 64, "Videos per shard (fixes the shard count).")
   flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "Decoding processes (0 = in this process).")
   flags.DEFINE_bool("progress", True, "Show a progress bar.")
+  flags.DEFINE_enum("runner", "local", list(RUNNERS),
+                    "local: this machine's process pool; beam: an Apache Beam pipeline (pip install "
+                    "'maskfeat_jax[beam]'), one shard per element, options from --beam_pipeline_options.")
+  flags.DEFINE_string("beam_pipeline_options", "",
+                      "Comma-separated Beam pipeline options, e.g. 'runner=DataflowRunner,project=P,region=R' "
+                      "(a leading -- is optional). Default: DirectRunner in multi_processing mode with "
+                      "--num_workers processes.")
 
 
 def main(argv: Sequence[str]) -> int:
@@ -330,7 +378,8 @@ def main(argv: Sequence[str]) -> int:
                           _existing_class_names(output_dir, FLAGS.name, FLAGS.version))
   options = Options(short_side=FLAGS.short_side, fps=FLAGS.fps, jpeg_quality=FLAGS.jpeg_quality, trim=FLAGS.trim)
   report = convert(items, output_dir, FLAGS.name, names, options, examples_per_shard=FLAGS.examples_per_shard,
-                   num_workers=FLAGS.num_workers, version=FLAGS.version, progress=FLAGS.progress)
+                   num_workers=FLAGS.num_workers, version=FLAGS.version, progress=FLAGS.progress,
+                   runner=FLAGS.runner, beam_pipeline_options=FLAGS.beam_pipeline_options)
   ds_dir = report["dataset_dir"]
   print(f"Converted {report['converted']} videos into {ds_dir}; skipped {report['skipped']} "
         f"(listed in {os.path.join(ds_dir, REPORT_FILE)}).")
