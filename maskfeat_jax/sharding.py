@@ -94,27 +94,92 @@ def place_batch(batch: dict, keys, shardings: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- weights
-def _fit_spec(spec: P, shape, mesh: Mesh, where: str) -> P:
-  """Drops mesh axes from dims they do not divide; that dim is replicated, with a warning naming it."""
+# A weight this large (bytes) left whole on every device while some weight mesh axis splits others is
+# warned about by name; smaller ones (rel-pos tables, depthwise pooling kernels) are summarised in one line.
+LARGE_REPLICATED_BYTES = 1 << 20
+
+
+def _fit_spec(spec: P, shape, mesh: Mesh, where: str, notes: list | None = None) -> P:
+  """Drops mesh axes from dims they do not divide; that dim is replicated, with a warning naming it.
+
+  `notes` (optional) collects one line per dropped axis (leaf, shape, dim, mesh axes) for the caller.
+  """
   out = []
-  for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+  for i, (dim, entry) in enumerate(zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)))):
     names = () if entry is None else (entry if isinstance(entry, tuple) else (entry,))
     if names and dim % math.prod(mesh.shape[n] for n in names):
-      logging.warning("%s: a dim of size %d is not divisible by mesh axes %s (sizes %s); replicating it.",
-                      where, dim, names, [mesh.shape[n] for n in names])
+      note = (f"{where}: shape {tuple(shape)}, dim {i} of size {dim} is not divisible by mesh axes {names} "
+              f"(sizes {[mesh.shape[n] for n in names]}); replicating that dim")
+      logging.warning("%s.", note)
+      if notes is not None:
+        notes.append(note)
       entry = None
     out.append(entry)
   return P(*out)
 
 
-def param_shardings(boxed_abstract_params, mesh: Mesh, rules):
-  """NamedShardings of the (unboxed) params from the logical names on the boxed abstract params."""
+def weight_mesh_axes(rules) -> set[str]:
+  """Mesh axes that some weight (non-activation) logical name is mapped to by `rules`."""
+  axes = set()
+  for name, m in rules:
+    if name.startswith("act_") or m is None:
+      continue
+    axes.update(m if isinstance(m, tuple) else (m,))
+  return axes
+
+
+def replicated_leaves(abstract_params, shardings, mesh: Mesh, rules) -> list[tuple[str, tuple, int]]:
+  """(leaf path, shape, bytes) of every leaf that is whole on each device although the mesh splits
+  weights (a weight mesh axis of size > 1); [] on a purely data-parallel mesh, where that is the intent."""
+  split_axes = [a for a in weight_mesh_axes(rules) if mesh.shape.get(a, 1) > 1]
+  if not split_axes:
+    return []
+  out = []
+  leaves = jax.tree_util.tree_leaves_with_path(abstract_params)
+  for (path, a), s in zip(leaves, jax.tree.leaves(shardings)):
+    if tuple(s.shard_shape(a.shape)) != tuple(a.shape):
+      continue
+    nbytes = int(np.prod(a.shape, dtype=np.int64)) * np.dtype(a.dtype).itemsize
+    out.append((jax.tree_util.keystr(path), tuple(a.shape), nbytes))
+  return out
+
+
+def param_shardings(boxed_abstract_params, mesh: Mesh, rules, notes: list | None = None):
+  """NamedShardings of the (unboxed) params from the logical names on the boxed abstract params.
+
+  Nothing is replicated silently on a mesh that splits weights: a dim whose mesh axes do not divide it
+  is warned about by `_fit_spec` (leaf, shape, axis), every replicated leaf of LARGE_REPLICATED_BYTES or
+  more is warned about by name with its logical axes, and the rest get one summary line. `notes`
+  (optional) collects those lines.
+  """
   specs = nn.get_partition_spec(boxed_abstract_params)
   shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
   abstract = nn.unbox(boxed_abstract_params)
-  return jax.tree_util.tree_map_with_path(
-      lambda path, s, a: NamedSharding(mesh, _fit_spec(s.spec, a.shape, mesh, jax.tree_util.keystr(path))),
+  notes = [] if notes is None else notes
+  out = jax.tree_util.tree_map_with_path(
+      lambda path, s, a: NamedSharding(mesh, _fit_spec(s.spec, a.shape, mesh, jax.tree_util.keystr(path), notes)),
       shardings, abstract)
+  replicated = replicated_leaves(abstract, out, mesh, rules)
+  if replicated:
+    names = {jax.tree_util.keystr(p): getattr(b, "names", None)
+             for p, b in jax.tree_util.tree_leaves_with_path(
+                 boxed_abstract_params, is_leaf=lambda x: isinstance(x, nn.Partitioned))}
+    small = 0
+    for path, shape, nbytes in replicated:
+      if nbytes >= LARGE_REPLICATED_BYTES:
+        note = (f"{path}: shape {shape} ({nbytes / 2**20:.1f} MiB) is replicated on every device: its logical "
+                f"axes {names.get(path)} map to no mesh axis of size > 1 under config.mesh.rules")
+        logging.warning("%s.", note)
+        notes.append(note)
+      else:
+        small += nbytes
+    total = sum(int(np.prod(a.shape, dtype=np.int64)) * np.dtype(a.dtype).itemsize
+                for a in jax.tree.leaves(abstract))
+    logging.info("param_shardings: %d of %d leaves replicated (%.2f of %.2f MiB; %.2f MiB in leaves under "
+                 "%d KiB each).", len(replicated), len(jax.tree.leaves(abstract)),
+                 sum(r[2] for r in replicated) / 2**20, total / 2**20, small / 2**20,
+                 LARGE_REPLICATED_BYTES // 1024)
+  return out
 
 
 def opt_state_shardings(abstract_opt_state, abstract_params, p_shardings, mesh: Mesh):

@@ -8,14 +8,15 @@ linear probe for pre-training) runs every `eval_every_steps` and at the end; so 
 `visualizer(params, step, workdir, final)` (run.py: MaskFeat prediction pictures) every `viz_every_steps`.
 """
 import contextlib
+import copy
 import dataclasses
-import os
 import time
 from typing import Any, Callable
 
 import jax
 import numpy as np
 
+from maskfeat_jax import paths
 from maskfeat_jax import sharding
 from maskfeat_jax.checkpoints import init as init_lib
 from maskfeat_jax.checkpoints import orbax as ckpt_lib
@@ -84,11 +85,12 @@ class _Run:
   evaluator: Evaluator | None
   visualizer: Visualizer | None = None
   workdir: str = ""
+  prefetch: bool = True  # place batch i+1 on the devices while step i runs (_Feeder)
 
 
 def train(config, workdir: str, *, model, dataset, mesh, make_iterator: Callable,
           evaluator: Evaluator | None = None, stop_at_step: int | None = None,
-          visualizer: Visualizer | None = None) -> TrainResult:
+          visualizer: Visualizer | None = None, prefetch: bool = True) -> TrainResult:
   """Pre-trains or fine-tunes (config.mode), resuming from WORKDIR/checkpoints if present.
 
   Args:
@@ -99,10 +101,12 @@ def train(config, workdir: str, *, model, dataset, mesh, make_iterator: Callable
     evaluator: see the module docstring; None = no evaluation.
     stop_at_step: save and return at this step as if preempted (tests).
     visualizer: see the module docstring; None = no pictures.
+    prefetch: double buffering: batch i+1 is read and placed on the devices while step i runs (the
+      checkpointed iterator state stays that of the batches consumed; results are unchanged).
   """
   t_start = time.perf_counter()
   rules = logical_rules(config)
-  os.makedirs(workdir, exist_ok=True)
+  paths.makedirs(workdir)  # local or gs:// (maskfeat_jax/paths.py)
   schedule = optim.resolve_schedule(config, splits.split_size(dataset.split_sizes, config.data.train_split))
   primary = jax.process_index() == 0
 
@@ -141,7 +145,8 @@ def train(config, workdir: str, *, model, dataset, mesh, make_iterator: Callable
              ckpt=ckpt, writer=writer, preempt=ckpt_lib.PreemptionFlag().install(),
              total_steps=schedule.total_steps,
              lr_table=optim.lr_table(schedule),
-             stop_at_step=stop_at_step, evaluator=evaluator, visualizer=visualizer, workdir=workdir)
+             stop_at_step=stop_at_step, evaluator=evaluator, visualizer=visualizer, workdir=workdir,
+             prefetch=prefetch)
   with contextlib.closing(writer):  # open until after the final evaluation, whose scalars it logs too
     try:
       status, step, state, last, sps = _loop(run, state, start_step)
@@ -184,6 +189,50 @@ def _window_mean(fetched: list[tuple[int, dict]]) -> dict:
   return out
 
 
+class _Feeder:
+  """Global batches for the loop, with optional double buffering (host-to-device prefetch).
+
+  `take()` hands out the next placed batch; `prefetch()`, called right after a step is dispatched (JAX
+  dispatch is asynchronous), reads and places the following batch while that step runs, so the device does
+  not wait for the host's read + copy. The data iterator is then one batch ahead of the batches consumed:
+  `get_state()` (what checkpoints save) is the iterator's state from before that read, so a resumed run
+  reads the prefetched batch again and the saved Grain state is that of the batches actually consumed.
+  """
+
+  def __init__(self, iterator, keys, shardings: dict, prefetch: bool):
+    self.iterator, self.keys, self.shardings, self.enabled = iterator, keys, shardings, prefetch
+    self._ahead = None  # (placed batch, iterator state before it was read)
+    self.seconds = 0.0  # host time spent reading and placing batches since the last `pop_seconds`
+
+  def _read(self):
+    t0 = time.perf_counter()
+    before = copy.deepcopy(self.iterator.get_state()) if self.enabled else None
+    batch = sharding.place_batch(next(self.iterator), self.keys, self.shardings)
+    self.seconds += time.perf_counter() - t0
+    return batch, before
+
+  def take(self):
+    if self._ahead is None:
+      return self._read()[0]
+    batch, self._ahead = self._ahead[0], None
+    return batch
+
+  def prefetch(self):
+    if self.enabled and self._ahead is None:
+      self._ahead = self._read()
+
+  def pop_seconds(self) -> float:
+    s, self.seconds = self.seconds, 0.0
+    return s
+
+  def get_state(self):
+    return self._ahead[1] if self._ahead is not None else self.iterator.get_state()
+
+  def set_state(self, state):
+    self._ahead = None
+    self.iterator.set_state(state)
+
+
 def _loop(run: _Run, state, start_step: int):
   """Steps until total_steps (or a stop / preemption); returns (status, step, state, last metrics, steps/s)."""
   config = run.config
@@ -196,14 +245,16 @@ def _loop(run: _Run, state, start_step: int):
   reference = None
   t_run = first_timed_step = None
   step, status = start_step, "done"
+  feeder = _Feeder(run.iterator, run.keys, run.batch_shardings, run.prefetch)
   while step < run.total_steps:
-    t0 = time.perf_counter()
-    batch = sharding.place_batch(next(run.iterator), run.keys, run.batch_shardings)
-    run.writer.add_data_time(time.perf_counter() - t0)
+    batch = feeder.take()
     state, m = run.compiled(state, batch, run.lr_table[step])
     step += 1
     pending.append((step, m))
     stop = run.stop_at_step is not None and step >= run.stop_at_step
+    if step < run.total_steps and not stop:
+      feeder.prefetch()  # while the step just dispatched runs
+    run.writer.add_data_time(feeder.pop_seconds())
     preempted = run.preempt.is_set() or run.ckpt.reached_preemption(step)
     save_now = step % ckpt_every == 0 or step == run.total_steps or stop or preempted
     if len(pending) >= sync_every or step % log_every == 0 or save_now:
@@ -225,7 +276,7 @@ def _loop(run: _Run, state, start_step: int):
     if run.visualizer is not None and config.viz_every_steps > 0 and step % config.viz_every_steps == 0:
       run.visualizer(state.params, step, run.workdir, False)
     if save_now:
-      run.ckpt.save(step, state, run.iterator, force=stop or preempted)
+      run.ckpt.save(step, state, feeder, force=stop or preempted)  # the consumed batches' state
     if stop or preempted:
       status = "preempted" if preempted else "stopped"
       run.ckpt.wait()
