@@ -5,7 +5,6 @@ change; `phase_config` derives each phase's config from it. The phases run throu
 as any pre-training or fine-tuning run.
 """
 import json
-import os
 import time
 from typing import Callable
 
@@ -13,6 +12,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from maskfeat_jax import paths
 from maskfeat_jax.config import locked_copy
 from maskfeat_jax.models import layouts
 
@@ -61,7 +61,7 @@ def run_demo(config, workdir: str, *, train_phase: Callable, check: Callable) ->
   t0 = time.perf_counter()
   for phase in ("pretrain", "finetune"):  # both phases' configs fail now, not after pre-training
     check(phase_config(config, phase))
-  pt_dir, ft_dir, sc_dir = (os.path.join(workdir, n) for n in ("pretrain", "finetune", "scratch"))
+  pt_dir, ft_dir, sc_dir = (paths.join(workdir, n) for n in ("pretrain", "finetune", "scratch"))
   results = {}
   pt = train_phase(phase_config(config, "pretrain"), pt_dir)
   results["pretrain"] = {"final_loss": pt.last_metrics.get("loss"), "steps": pt.step,
@@ -76,7 +76,7 @@ def run_demo(config, workdir: str, *, train_phase: Callable, check: Callable) ->
       return results
   results["wall_s"] = time.perf_counter() - t0
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "demo_results.json"), "w") as f:
+    with paths.open(paths.join(workdir, "demo_results.json"), "w") as f:
       json.dump(results, f, indent=2)
     print(format_demo(results), flush=True)
   return results

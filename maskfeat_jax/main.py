@@ -8,14 +8,21 @@ Multi-process runs (TPU pods, SLURM, several GPU hosts): jax.distributed.initial
 anything touches the devices when MASKFEAT_DISTRIBUTED=1, or when a SLURM job has several tasks, or on a
 multi-host TPU slice (TPU_WORKER_HOSTNAMES lists several hosts). Its arguments come from the environment
 (cluster auto-detection), or from MASKFEAT_COORDINATOR (host:port), MASKFEAT_NUM_PROCESSES and
-MASKFEAT_PROCESS_ID when set.
+MASKFEAT_PROCESS_ID when set. MASKFEAT_INIT_TIMEOUT (seconds, default 300) bounds the wait for the
+coordinator and the other processes; a coordinator that does not answer within it is a one-line error naming
+its address. CPU processes exchange collectives through gloo.
+
+The workdir may be a local path or a URL that etils.epath opens (gs://bucket/run: checkpoints through
+TensorStore's gcs driver, the rest through gcsfs; see maskfeat_jax/paths.py).
 
 Command-line mistakes (a misspelt override, a missing flag, a bad workdir) print one line on stderr and exit
 with status 2; `--help` prints the flags and exits 0.
 """
 import difflib
 import os
+import socket
 import sys
+import time
 from typing import NoReturn
 
 import ml_collections
@@ -25,6 +32,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from maskfeat_jax import config as config_lib
+from maskfeat_jax import paths
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/x.py[:arg]).", lock_config=True)
@@ -128,6 +136,37 @@ def wants_distributed(env=None) -> bool:
   return len(hosts) > 1
 
 
+_DEFAULT_INIT_TIMEOUT_S = 300
+
+
+class DistributedInitError(RuntimeError):
+  """The multi-process job cannot start (the message says which setting or address)."""
+
+
+def _wait_for_coordinator(address: str, timeout_s: float, process_id: int, num_processes: int | None):
+  """Returns once `address` accepts TCP connections; raises DistributedInitError after timeout_s.
+
+  jax.distributed.initialize itself aborts the whole process (a C++ CHECK, a page of stack) when the
+  coordinator never answers; probing first turns that into one line naming the address.
+  """
+  host, _, port = address.rpartition(":")
+  if not host or not port.isdigit():
+    raise DistributedInitError(f"MASKFEAT_COORDINATOR={address!r}: expected host:port (e.g. 10.0.0.2:12355).")
+  deadline = time.monotonic() + timeout_s
+  while True:
+    try:
+      with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+        return
+    except OSError as e:
+      if time.monotonic() >= deadline:
+        of = f" of {num_processes}" if num_processes else ""
+        raise DistributedInitError(
+            f"coordinator {address} (MASKFEAT_COORDINATOR) did not answer within {timeout_s:g}s "
+            f"(process {process_id}{of}; last error: {e.strerror or e}): start process 0 there, or fix the "
+            "address / port (MASKFEAT_INIT_TIMEOUT sets this wait).") from None
+      time.sleep(0.2)
+
+
 def init_distributed(env=None):
   """jax.distributed.initialize() with explicit arguments from MASKFEAT_* variables when given."""
   env = os.environ if env is None else env
@@ -137,10 +176,22 @@ def init_distributed(env=None):
   kwargs = {}
   if env.get("MASKFEAT_COORDINATOR"):
     kwargs["coordinator_address"] = env["MASKFEAT_COORDINATOR"]
-  if env.get("MASKFEAT_NUM_PROCESSES"):
-    kwargs["num_processes"] = int(env["MASKFEAT_NUM_PROCESSES"])
-  if env.get("MASKFEAT_PROCESS_ID"):
-    kwargs["process_id"] = int(env["MASKFEAT_PROCESS_ID"])
+  try:
+    if env.get("MASKFEAT_NUM_PROCESSES"):
+      kwargs["num_processes"] = int(env["MASKFEAT_NUM_PROCESSES"])
+    if env.get("MASKFEAT_PROCESS_ID"):
+      kwargs["process_id"] = int(env["MASKFEAT_PROCESS_ID"])
+    timeout_s = int(env.get("MASKFEAT_INIT_TIMEOUT", _DEFAULT_INIT_TIMEOUT_S))
+  except ValueError as e:
+    raise DistributedInitError(f"MASKFEAT_NUM_PROCESSES / MASKFEAT_PROCESS_ID / MASKFEAT_INIT_TIMEOUT must be "
+                               f"integers: {e}") from None
+  kwargs["initialization_timeout"] = timeout_s
+  # Cross-process collectives of the CPU backend (the 2-process tests, CPU clusters) go through gloo; GPU and
+  # TPU backends use their own (NCCL / ICI) and ignore this setting.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if kwargs.get("coordinator_address") and kwargs.get("process_id", 0) != 0:
+    _wait_for_coordinator(kwargs["coordinator_address"], timeout_s, kwargs["process_id"],
+                          kwargs.get("num_processes"))
   jax.distributed.initialize(**kwargs)
   logging.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
@@ -148,11 +199,12 @@ def init_distributed(env=None):
 
 
 def _check_workdir(workdir: str) -> str:
-  if "://" in workdir:
-    # Metrics, configs and eval reports are written with plain file I/O; a bucket must be mounted.
-    raise app.UsageError(
-        f"--workdir={workdir}: remote URLs are not supported; mount the bucket (e.g. gcsfuse) or use a "
-        "shared filesystem and pass its local path.")
+  if paths.is_remote(workdir):
+    try:
+      paths.check_remote_dir(workdir)
+    except paths.RemotePathError as e:
+      raise app.UsageError(str(e)) from None
+    return workdir
   workdir = os.path.abspath(os.path.expanduser(workdir))
   parent = os.path.dirname(workdir)
   if os.path.exists(workdir) and not os.path.isdir(workdir):
@@ -183,7 +235,13 @@ def main(argv):
     workdir = _check_workdir(_WORKDIR.value)
   except app.UsageError as e:
     _usage_error(str(e))
-  init_distributed()  # before anything touches the devices
+  try:
+    if init_distributed():  # before anything touches the devices
+      import jax  # pylint: disable=g-import-not-at-top
+      # Before compilation: e.g. a batch the process count does not divide (config.validate).
+      config_lib.validate(config, process_count=jax.process_count())
+  except (DistributedInitError, ValueError) as e:
+    _usage_error(str(e))
   logging.info("mode=%s workdir=%s", config.mode, workdir)
   # After flag parsing: Grain's worker processes read the parsed flags.
   from maskfeat_jax import run as run_lib  # pylint: disable=g-import-not-at-top

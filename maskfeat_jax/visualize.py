@@ -23,6 +23,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
+from maskfeat_jax import paths
+
 __all__ = ["hog_glyphs", "frame_hog", "token_hog_cells", "mask_overlay", "prediction_figure",
            "training_curves", "save_png", "save_gif", "main"]
 
@@ -185,7 +187,7 @@ def _rect(x, y, side):
 def read_metrics(metrics_jsonl: str) -> tuple[list[dict], list[dict]]:
   """(training rows, evaluation rows) of a metrics.jsonl (train/logger.py); a torn line is skipped."""
   train_rows, eval_rows = [], []
-  with open(metrics_jsonl) as f:
+  with paths.open(metrics_jsonl) as f:
     for line in f:
       try:
         row = json.loads(line)
@@ -242,20 +244,29 @@ def _as_uint8(a: np.ndarray) -> np.ndarray:
 
 def save_png(fig_or_array, path: str) -> str:
   """A Figure, or an image array (uint8, or float in [0, 1]; [H, W] or [H, W, 3]) -> PNG at `path`."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  if isinstance(fig_or_array, Figure):
-    fig_or_array.savefig(path, format="png", dpi=fig_or_array.dpi)
-  else:
-    Image.fromarray(_as_uint8(fig_or_array)).save(path, format="PNG", optimize=True)
+  _make_parent(path)
+  with paths.open(path, "wb") as f:  # local or gs:// (maskfeat_jax/paths.py)
+    if isinstance(fig_or_array, Figure):
+      fig_or_array.savefig(f, format="png", dpi=fig_or_array.dpi)
+    else:
+      Image.fromarray(_as_uint8(fig_or_array)).save(f, format="PNG", optimize=True)
   return path
+
+
+def _make_parent(path: str) -> None:
+  if paths.is_remote(path):
+    paths.makedirs(path.rsplit("/", 1)[0])
+  else:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
 
 def save_gif(frames: np.ndarray, path: str, fps: float = 8) -> str:
   """uint8 frames [T, H, W, 3] -> an animated GIF at `fps`, looping forever."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  _make_parent(path)
   images = [Image.fromarray(_as_uint8(f)) for f in np.asarray(frames)]
-  images[0].save(path, format="GIF", save_all=True, append_images=images[1:], loop=0,
-                 duration=max(20, int(round(1000 / fps))))
+  with paths.open(path, "wb") as f:
+    images[0].save(f, format="GIF", save_all=True, append_images=images[1:], loop=0,
+                   duration=max(20, int(round(1000 / fps))))
   return path
 
 

@@ -4,10 +4,10 @@
 or a step directory (checkpoints/orbax.py), or an official `.pyth` / state-dict `.npz` converted on the fly
 (checkpoints/slowfast.py). `read_params` is the one branch between the two.
 """
-import os
 
 import jax
 
+from maskfeat_jax import paths
 from maskfeat_jax.checkpoints import orbax as ckpt_lib
 from maskfeat_jax.checkpoints import slowfast
 from maskfeat_jax.checkpoints import transfer
@@ -20,8 +20,8 @@ def read_params(init_from: str):
   if not init_from:
     raise ValueError("config.init_from is empty: set it to a workdir, checkpoint dir or an official "
                      ".pyth/.npz.")
-  path = os.path.expanduser(init_from)
-  if not os.path.exists(path):
+  path = paths.resolve(init_from)
+  if not paths.exists(path):
     raise FileNotFoundError(f"config.init_from={init_from}: no such file or directory.")
   if path.endswith(OFFICIAL_SUFFIXES):
     _, variables = slowfast.load_official_checkpoint(path)

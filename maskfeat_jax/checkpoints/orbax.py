@@ -13,7 +13,6 @@ Converted official weights (checkpoints/slowfast.py) use the same layout with a 
 """
 import inspect
 import json
-import os
 import signal
 import threading
 from typing import Any
@@ -23,6 +22,8 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
+
+from maskfeat_jax import paths
 
 
 class _IteratorSnapshot:
@@ -56,7 +57,8 @@ def restore_iterator_state(iterator, payload: bytes):
 
 
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), "checkpoints")
+  """WORKDIR/checkpoints (a gs:// workdir: Orbax writes there through TensorStore's gcs driver)."""
+  return paths.join(paths.resolve(workdir), "checkpoints")
 
 
 class Checkpointer:
@@ -114,11 +116,11 @@ class Checkpointer:
     """Renames the damaged step directories out of Orbax's sight, so this run saves those steps again."""
     if jax.process_index() == 0:
       for s, e in damaged:
-        src = os.path.join(self.directory, str(s))
+        src = paths.join(self.directory, str(s))
         n = 1
-        while os.path.exists(f"{src}.damaged-{n}"):
+        while paths.exists(f"{src}.damaged-{n}"):
           n += 1
-        os.rename(src, f"{src}.damaged-{n}")
+        paths.replace(src, f"{src}.damaged-{n}")
         logging.warning("Checkpoint %d in %s is damaged (%s): resuming from step %d; moved the damaged "
                         "step to %s (nothing deleted), so this run saves step %d again.",
                         s, self.directory, _describe(e), restored_step, f"{src}.damaged-{n}", s)
@@ -129,7 +131,7 @@ class Checkpointer:
   def _restore_step(self, step: int, abstract_state, iterator):
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     sink = _IteratorStateSink()
-    has_data = iterator is not None and os.path.isdir(os.path.join(self.directory, str(step), "data"))
+    has_data = iterator is not None and paths.isdir(paths.join(self.directory, str(step), "data"))
     if has_data:
       items["data"] = grain.checkpoint.CheckpointRestore(sink)
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
@@ -155,10 +157,10 @@ def restore_params(path: str) -> Any:
   so no restore target is given. Given a workdir or checkpoints/ dir, takes the newest step that restores
   (warning about any newer damaged one).
   """
-  path = os.path.abspath(os.path.expanduser(path))
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    path = os.path.join(path, "checkpoints")
-  if os.path.isdir(os.path.join(path, "state")):  # a step directory
+  path = paths.resolve(path)
+  if paths.isdir(paths.join(path, "checkpoints")):
+    path = paths.join(path, "checkpoints")
+  if paths.isdir(paths.join(path, "state")):  # a step directory
     try:
       return _restore_params_step(path)
     except Exception as e:  # pylint: disable=broad-except
@@ -175,7 +177,7 @@ def restore_params(path: str) -> Any:
   errors = []
   for step in steps:
     try:
-      params = _restore_params_step(os.path.join(path, str(step)))
+      params = _restore_params_step(paths.join(path, str(step)))
     except Exception as e:  # pylint: disable=broad-except
       errors.append((step, e))
       continue
@@ -196,12 +198,13 @@ def _describe(e: BaseException, limit: int = 500) -> str:
 
 
 def _restore_params_step(step_dir: str) -> Any:
+  state_dir = paths.join(step_dir, "state")
   with ocp.StandardCheckpointer() as ckptr:
-    meta = ckptr.metadata(os.path.join(step_dir, "state"))
+    meta = ckptr.metadata(state_dir)
     tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta
     target = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree["params"])}
-    restored = ckptr.restore(os.path.join(step_dir, "state"), target, partial_restore=True) \
-        if _supports_partial() else ckptr.restore(os.path.join(step_dir, "state"))
+    restored = ckptr.restore(state_dir, target, partial_restore=True) \
+        if _supports_partial() else ckptr.restore(state_dir)
   return jax.tree.map(lambda x: jax.device_get(x), restored["params"])
 
 
@@ -213,7 +216,7 @@ def save_params(workdir: str, params, step: int = 0) -> str:
                              item_handlers={"state": ocp.StandardCheckpointHandler()}) as mngr:
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params})), force=True)
     mngr.wait_until_finished()
-  return os.path.join(directory, str(step))
+  return paths.join(directory, str(step))
 
 
 def _supports_partial() -> bool:

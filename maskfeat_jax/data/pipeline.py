@@ -34,6 +34,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from maskfeat_jax import paths
 from maskfeat_jax.data import augment
 from maskfeat_jax.data import masking
 from maskfeat_jax.data import storage
@@ -58,9 +59,9 @@ class DatasetInfo:
 # ----------------------------------------------------------------------------------------------- dataset
 def load_meta(config) -> storage.DatasetMeta:
   data = config.data
-  if data.name == SYNTHETIC_NAME:
+  if data.name == SYNTHETIC_NAME and not paths.is_remote(data.data_dir):
     # Always this code's version (generated on first use): an older cached copy holds other content and
-    # must not be picked up as the "newest".
+    # must not be picked up as the "newest". (On a bucket: read as uploaded there, like any dataset.)
     ds_dir = synthetic.generate(data.data_dir)
   else:
     ds_dir = storage.find_dataset_dir(data.data_dir, data.name)

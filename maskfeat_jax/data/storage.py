@@ -28,6 +28,7 @@ import simplejpeg
 from array_record.python import array_record_module
 from PIL import Image
 
+from maskfeat_jax import paths
 from maskfeat_jax.data.splits import resolve_split
 
 DEFAULT_VERSION = "1.0.0"
@@ -188,7 +189,14 @@ class DatasetMeta:
 
 
 def find_dataset_dir(data_dir: str | os.PathLike, name: str) -> pathlib.Path | None:
-  """DATA_DIR/NAME/<newest version>/ (or DATA_DIR/NAME/ or DATA_DIR itself) holding dataset_info.json."""
+  """DATA_DIR/NAME/<newest version>/ (or DATA_DIR/NAME/ or DATA_DIR itself) holding dataset_info.json.
+
+  A gs:// DATA_DIR is read from a local copy of DATA_DIR/NAME (paths.stage_locally: ArrayRecord's reader
+  needs local files).
+  """
+  if paths.is_remote(data_dir):
+    local = paths.stage_locally(paths.join(os.fspath(data_dir), name))
+    return None if local is None else find_dataset_dir(os.path.dirname(local), name)
   root = pathlib.Path(os.path.expanduser(os.fspath(data_dir)))
   base = root / name
   versions = []

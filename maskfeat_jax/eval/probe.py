@@ -12,7 +12,6 @@ Runs on any checkpoint with the `features` method (MaskFeat pre-training or a cl
 pre-training (the training loop calls it at eval time) or afterwards (`--config.mode=probe`).
 """
 import json
-import os
 import time
 from typing import Iterable, Optional
 
@@ -23,6 +22,7 @@ import numpy as np
 import optax
 
 from maskfeat_jax import compiler
+from maskfeat_jax import paths
 from maskfeat_jax.config import locked_copy
 from maskfeat_jax.data import splits
 from maskfeat_jax.eval import multiview as ev
@@ -137,7 +137,7 @@ def linear_probe(config, model, params, mesh, workdir: Optional[str] = None, *,
             f"  top-1 {100 * out['top1']:.2f}%  {views}\n  top-5 {100 * out['top5']:.2f}%  {views}\n"
             f"  train top-1 {100 * out['train_top1']:.2f}%  {views}", flush=True)
     if workdir:
-      os.makedirs(workdir, exist_ok=True)
-      with open(os.path.join(workdir, f"probe_{splits.split_tag(eval_split)}.json"), "w") as f:
+      paths.makedirs(workdir)
+      with paths.open(paths.join(workdir, f"probe_{splits.split_tag(eval_split)}.json"), "w") as f:
         json.dump(dict(train_split=train_split, eval_split=eval_split, views=views, **out), f, indent=2)
   return out

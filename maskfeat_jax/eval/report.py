@@ -4,13 +4,13 @@ Every printed number carries its view count. Files (process 0, WORKDIR/eval_<spl
 confusion_matrix.json and confusion_matrix.png (row-normalised).
 """
 import json
-import os
 import textwrap
 from typing import Optional, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from maskfeat_jax import paths
 from maskfeat_jax.data import splits
 
 
@@ -65,7 +65,8 @@ def save_confusion_png(path: str, cm: np.ndarray, class_names: Sequence[str], ti
   if c <= 40:
     ax.set_xticks(range(c), class_names, rotation=90, fontsize=7)
     ax.set_yticks(range(c), class_names, fontsize=7)
-  fig.savefig(path, dpi=100)
+  with paths.open(path, "wb") as f:  # local or gs:// (maskfeat_jax/paths.py)
+    fig.savefig(f, format="png", dpi=100)
 
 
 def json_float(v):
@@ -101,15 +102,15 @@ def _speed(m: dict) -> str:
 
 
 def write_reports(workdir: str, split: str, m: dict, cm: np.ndarray, class_names: list, views: str) -> dict:
-  d = os.path.join(workdir, f"eval_{splits.split_tag(split)}")
-  os.makedirs(d, exist_ok=True)
-  files = dict(metrics=os.path.join(d, "metrics.json"), confusion_json=os.path.join(d, "confusion_matrix.json"),
-               confusion_png=os.path.join(d, "confusion_matrix.png"))
+  d = paths.join(workdir, f"eval_{splits.split_tag(split)}")
+  paths.makedirs(d)
+  files = dict(metrics=paths.join(d, "metrics.json"), confusion_json=paths.join(d, "confusion_matrix.json"),
+               confusion_png=paths.join(d, "confusion_matrix.png"))
   scalars = {k: v for k, v in m.items() if k not in ("per_class_accuracy", "files")}
-  with open(files["metrics"], "w") as f:
+  with paths.open(files["metrics"], "w") as f:
     json.dump(dict(split=split, views=views, **scalars,
                    per_class_accuracy=dict(zip(class_names, m["per_class_accuracy"]))), f, indent=2)
-  with open(files["confusion_json"], "w") as f:
+  with paths.open(files["confusion_json"], "w") as f:
     json.dump(dict(split=split, views=views, rows="true class", columns="predicted class",
                    class_names=class_names, matrix=cm.tolist(),
                    per_class_accuracy=m["per_class_accuracy"]), f)

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from maskfeat_jax import paths
+
 
 class TrainingDiverged(RuntimeError):
   """The loss became NaN/inf or exploded; the message names the step."""
@@ -26,9 +28,9 @@ class TrainingDiverged(RuntimeError):
 def write_config(workdir: str, config, extra: dict | None = None):
   """WORKDIR/config.json (machine-readable, incl. `extra` such as the param count) and config.yaml."""
   d = config.to_dict()
-  with open(os.path.join(workdir, "config.json"), "w") as f:
+  with paths.open(paths.join(workdir, "config.json"), "w") as f:
     json.dump({**d, **({"_run": extra} if extra else {})}, f, indent=2, default=str)
-  with open(os.path.join(workdir, "config.yaml"), "w") as f:
+  with paths.open(paths.join(workdir, "config.yaml"), "w") as f:
     f.write(config.to_yaml() if hasattr(config, "to_yaml") else str(config))
     if extra:
       f.write("\n# run\n" + "".join(f"# {k}: {v}\n" for k, v in extra.items()))
@@ -65,12 +67,12 @@ def format_eta(seconds: float) -> str:
 def _keep_rows_through(path: str, step: int) -> list[dict]:
   """Drops the rows of `path` after `step` (and a final-eval row at it); returns the rows kept at `step`.
 
-  The file is replaced atomically (a kill now leaves the old or the new file, never half of one); a torn last
-  line (killed mid-write) is dropped.
+  The file is replaced atomically (a kill now leaves the old or the new file, never half of one: locally by a
+  rename, on a bucket because an object upload is atomic); a torn last line (killed mid-write) is dropped.
   """
-  if not os.path.exists(path):
+  if not paths.exists(path):
     return []
-  with open(path) as f:
+  with paths.open(path) as f:
     lines = [l for l in f.read().splitlines() if l.strip()]
   kept = []  # (line as written, row): kept lines are written back verbatim
   for line in lines:
@@ -83,11 +85,16 @@ def _keep_rows_through(path: str, step: int) -> list[dict]:
   if len(kept) < len(lines):
     logging.info("%s: resuming at step %d, dropping %d rows logged after it.", path, step,
                  len(lines) - len(kept))
-    with open(path + ".tmp", "w") as f:
-      f.write("".join(line + "\n" for line, _ in kept))
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(path + ".tmp", path)
+    text = "".join(line + "\n" for line, _ in kept)
+    if paths.is_remote(path):
+      with paths.open(path, "w") as f:
+        f.write(text)
+    else:
+      with open(path + ".tmp", "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(path + ".tmp", path)
   return [row for _, row in kept if row["step"] == step]
 
 
@@ -108,12 +115,12 @@ class MetricsWriter:
     self.stream = stream or sys.stdout
     self._jsonl = self._tb = None
     if primary:
-      path = os.path.join(workdir, "metrics.jsonl")
+      path = paths.join(workdir, "metrics.jsonl")
       kept_at_start = _keep_rows_through(path, start_step)
-      self._jsonl = open(path, "a")
+      self._jsonl = paths.AppendFile(path)
       if tensorboard:
-        from tensorboardX import SummaryWriter  # TensorFlow-free event writer
-        self._tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=start_step)
+        from tensorboardX import SummaryWriter  # TensorFlow-free event writer (gs:// via google-cloud-storage)
+        self._tb = SummaryWriter(paths.join(workdir, "tb"), purge_step=start_step)
         for row in kept_at_start:
           self._add_tb(start_step, {k: v for k, v in row.items() if k not in ("step", "time")})
     self._last_step = start_step

@@ -7,10 +7,10 @@ end WORKDIR/pictures/curves.png from metrics.jsonl. It only reads the params (no
 run changes). Every process runs the forward (the params may be sharded across them); process 0 writes.
 """
 import copy
-import os
 
 import numpy as np
 
+from maskfeat_jax import paths
 from maskfeat_jax import visualize as vis
 from maskfeat_jax.viz import cli
 
@@ -34,8 +34,8 @@ def make_visualizer(config, model, mesh):
       c.data.num_workers = 0
       fixed["clip"] = cli.dataset_clip(c, c.data.eval_split, 0)
       fixed["mask"] = cli.fixed_mask(c)
-    pictures = os.path.join(workdir, "pictures")
-    path = os.path.join(pictures, f"prediction_{step}.png")
+    pictures = paths.join(workdir, "pictures")
+    path = paths.join(pictures, f"prediction_{step}.png")
     primary = jax.process_index() == 0
     if fixed.get("last_step") != step:  # the final call at a step the loop already drew draws nothing new
       fixed["last_step"] = step
@@ -45,7 +45,7 @@ def make_visualizer(config, model, mesh):
         fig = cli.prediction_picture(config, fixed["clip"], fixed["mask"], out)
         fig.suptitle(f"step {step}")
         vis.save_png(fig, path)
-    metrics = os.path.join(workdir, "metrics.jsonl")
-    if final and primary and os.path.isfile(metrics):
-      vis.save_png(vis.training_curves(metrics), os.path.join(pictures, "curves.png"))
+    metrics = paths.join(workdir, "metrics.jsonl")
+    if final and primary and paths.isfile(metrics):
+      vis.save_png(vis.training_curves(metrics), paths.join(pictures, "curves.png"))
   return visualize

