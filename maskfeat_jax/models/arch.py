@@ -74,6 +74,20 @@ class BlockSpec:
     return self.q_thw
 
 
+def scan_groups(blocks: Sequence[BlockSpec], collect: Sequence[int] = ()) -> list[list[int]]:
+  """Consecutive runs of blocks that compute the same function of (input, params): equal specs up to the
+  index and drop-path rate. A run ends at a block in `collect` (its output is needed on its own)."""
+  groups: list[list[int]] = []
+  for blk in blocks:
+    key = dataclasses.replace(blk, index=0, drop_path=0.0)
+    if groups and groups[-1][-1] not in collect and key == dataclasses.replace(
+        blocks[groups[-1][0]], index=0, drop_path=0.0):
+      groups[-1].append(blk.index)
+    else:
+      groups.append([blk.index])
+  return groups
+
+
 @dataclasses.dataclass(frozen=True)
 class ArchSpec:
   """Everything the modules need, resolved from `config.model`."""
@@ -98,6 +112,7 @@ class ArchSpec:
   pixel_std: tuple[float, float, float]
   dtype: str
   remat_policy: str
+  scan_blocks: bool
   blocks: tuple[BlockSpec, ...]
 
   @property
@@ -210,7 +225,7 @@ def arch_spec(m: Any, num_blocks: Optional[int] = None) -> ArchSpec:
       rel_pos_zero_init=bool(m.rel_pos_zero_init), residual_pooling=bool(m.residual_pooling),
       dim_mul_in_att=bool(m.dim_mul_in_att), pixel_mean=tuple(float(v) for v in m.pixel_mean),
       pixel_std=tuple(float(v) for v in m.pixel_std), dtype=str(m.dtype),
-      remat_policy=str(m.remat_policy))
+      remat_policy=str(m.remat_policy), scan_blocks=bool(m.get("scan_blocks", True)))
   proto = ArchSpec(blocks=(), **spec)
   if spec["rel_pos_spatial"] and proto.input_size[1] != proto.input_size[2]:
     raise ValueError(f"spatial rel-pos needs a square input; config.model.input_size={proto.input_size}")

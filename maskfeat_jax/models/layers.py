@@ -398,17 +398,18 @@ class MultiScaleBlock(nn.Module):
     if b.dim != b.dim_out:
       self.proj = dense(b.dim_out, ("embed", "mlp"), dt)
 
-  def _drop_path(self, x, train: bool):
-    """Per-sample stochastic depth scaled by 1/keep (timm DropPath)."""
-    rate = self.block.drop_path
-    if not train or rate == 0.0:
+  def _drop_path(self, x, train: bool, rate):
+    """Per-sample stochastic depth scaled by 1/keep (timm DropPath); `rate` may be traced (under scan)."""
+    if not train or (isinstance(rate, float) and rate == 0.0):
       return x
     keep = 1.0 - rate
     u = jax.random.uniform(self.make_rng("dropout"), (x.shape[0],) + (1,) * (x.ndim - 1), jnp.float32)
-    return x / keep * jnp.floor(keep + u).astype(x.dtype)
+    return x / jnp.asarray(keep, x.dtype) * jnp.floor(keep + u).astype(x.dtype)
 
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, drop_path=None):
+    """`drop_path`: this block's rate when it is not the spec's (a traced per-block rate under scan)."""
     s, b = self.spec, self.block
+    rate = b.drop_path if drop_path is None else drop_path
     x_norm = self.norm1(x)
     x_block, _ = self.attn(x_norm)
     if s.dim_mul_in_att and b.dim != b.dim_out:
@@ -417,18 +418,22 @@ class MultiScaleBlock(nn.Module):
     if skip is not None:
       x, _ = attention_pool(x[:, None], max_pool3d(*skip[:2]), b.thw, s.cls_embed)
       x = x[:, 0]
-    x = x + self._drop_path(x_block, train)
+    x = x + self._drop_path(x_block, train, rate)
     x_norm = self.norm2(x)
     x_mlp = self.mlp(x_norm)
     if not s.dim_mul_in_att and b.dim != b.dim_out:
       x = self.proj(x_norm)
-    x = x + self._drop_path(x_mlp, train)
+    x = x + self._drop_path(x_mlp, train, rate)
     return nn.with_logical_constraint(x, ACT_TOKENS)
+
+
+def checkpoint_policy(policy: str):
+  """The jax.checkpoint policy of `model.remat_policy` ('full': save nothing; 'dots': keep matmul outputs)."""
+  return None if policy == "full" else jax.checkpoint_policies.dots_with_no_batch_dims_saveable
 
 
 def block_class(policy: str):
   if policy == "none":
     return MultiScaleBlock
   # `train` (argument 2, self being 0) is static: it decides whether drop path draws randomness.
-  jax_policy = None if policy == "full" else jax.checkpoint_policies.dots_with_no_batch_dims_saveable
-  return nn.remat(MultiScaleBlock, static_argnums=(2,), policy=jax_policy)
+  return nn.remat(MultiScaleBlock, static_argnums=(2,), policy=checkpoint_policy(policy))

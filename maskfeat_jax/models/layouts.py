@@ -40,6 +40,9 @@ def model_schema() -> ml_collections.ConfigDict:
   m.num_classes = 0
   m.dtype = "float32"  # compute dtype; params are always float32
   m.remat_policy = "none"  # 'none' | 'full' | 'dots'
+  # Run each stage's identical blocks as one lax.scan (compiled once per stage, not once per block); the
+  # parameters keep their per-block names (blocks_3/...), stacked only inside the forward.
+  m.scan_blocks = True
   m.drop_path_rate = 0.0
   m.dropout_rate = 0.0  # classifier head dropout (official MODEL.DROPOUT_RATE)
   m.pixel_mean = KINETICS_MEAN

@@ -9,10 +9,12 @@ architecture comes resolved as an `ArchSpec` (models/arch.py); the layers are in
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from maskfeat_jax.models import layers
+from maskfeat_jax.models import arch
 from maskfeat_jax.models.arch import ArchSpec
 
 class MViT(nn.Module):
@@ -86,13 +88,49 @@ class MViT(nn.Module):
     return nn.with_logical_constraint(x, layers.ACT_TOKENS)
 
   def run_blocks(self, x, train: bool = False, collect: Sequence[int] = ()):
-    """Runs every block; returns (last output, {block index: output} for `collect`)."""
+    """Runs every block; returns (last output, {block index: output} for `collect`).
+
+    With `scan_blocks`, each run of identical blocks (same shapes, strides and kernels; only the drop-path
+    rate differs) is one `lax.scan` over their stacked parameters, so XLA compiles one block body per stage
+    instead of one per block (compile time; figures in BENCHMARKS.md, "Model step"). The parameters stay
+    per block (`blocks_3/...`, the official keys): they are stacked here, inside the forward, and their
+    gradients unstacked by autodiff. Initialisation runs the blocks one by one (it creates the parameters).
+    """
     outputs = {}
-    for i, blk in enumerate(self.blocks):
-      x = blk(x, train)
-      if i in collect:
-        outputs[i] = x
+    if not self.spec.scan_blocks or self.is_initializing():
+      for i, blk in enumerate(self.blocks):
+        x = blk(x, train)
+        if i in collect:
+          outputs[i] = x
+      return x, outputs
+    for group in arch.scan_groups(self.spec.blocks, collect):
+      if len(group) == 1:
+        x = self.blocks[group[0]](x, train)
+      else:
+        x = self._scan_group(group, x, train)
+      if group[-1] in collect:
+        outputs[group[-1]] = x
     return x, outputs
+
+  def _scan_group(self, group: Sequence[int], x, train: bool):
+    s = self.spec
+    params = nn.unbox(self.variables["params"])
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[params[f"blocks_{i}"] for i in group])
+    rates = jnp.asarray([s.blocks[i].drop_path for i in group], jnp.float32)
+    draws = train and any(s.blocks[i].drop_path > 0.0 for i in group)
+    keys = (jax.random.split(self.make_rng("dropout"), len(group)) if draws
+            else jnp.zeros((len(group),), jnp.uint32))
+    template = layers.MultiScaleBlock(s, s.blocks[group[0]], parent=None)  # a pure function, not a child
+
+    def body(h, layer):
+      p, rate, key = layer
+      rngs = {"dropout": key} if draws else None
+      return template.apply({"params": p}, h, train, rate if draws else 0.0, rngs=rngs), None
+
+    if s.remat_policy != "none":
+      body = jax.checkpoint(body, policy=layers.checkpoint_policy(s.remat_policy), prevent_cse=False)
+    x, _ = jax.lax.scan(body, x, (stacked, rates, keys))
+    return x
 
   def backbone(self, x, train: bool = False):
     """Raw pixels -> last block tokens [B, (1+)N, C]."""
