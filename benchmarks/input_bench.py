@@ -13,6 +13,15 @@ process does per training clip (16 frames x sampling rate 4 at 30 fps, random-re
 Both run single-threaded in this process (PyAV's codec threads are disabled), i.e. per CPU core. Prints the median
 of --repeats timed passes after a warm-up pass, and the ratio. Targets: >= 50 clips/s per core from shards and
 >= 4x the mp4 path.
+
+  python benchmarks/input_bench.py --mode=loop [--loop_steps=20] [--loop_batch=2] [--loop_work=1536]
+
+The training loop's data wait with and without host-to-device prefetch (train/trainer.py `_Feeder`, the
+loop's own code): batches of --loop_batch clips read from the shards as above, a jitted stand-in step of
+--loop_work-sized matmuls on the devices. It times (a) the step alone on one placed batch, then the loop
+(b) without and (c) with prefetch; the data wait per step is (b) or (c) minus (a), and the saving is
+(b) - (c). Prefetch can hide at most min(read time, step time) per step, and only where the host has a core
+the step does not use.
 """
 from __future__ import annotations
 
@@ -24,7 +33,10 @@ import time
 
 from absl import app
 from absl import flags
+import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from maskfeat_jax.config import base_config
 from maskfeat_jax.data import build_shards
@@ -32,6 +44,7 @@ from maskfeat_jax.data import label_files
 from maskfeat_jax.data import pipeline
 from maskfeat_jax.data import storage
 from maskfeat_jax.data import transforms
+from maskfeat_jax.train import trainer
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("num_videos", 4, "Test videos to generate.")
@@ -40,6 +53,11 @@ flags.DEFINE_integer("height", 360, "Test video height.")
 flags.DEFINE_integer("width", 480, "Test video width.")
 flags.DEFINE_integer("clips", 40, "Training clips per timed pass.")
 flags.DEFINE_integer("repeats", 3, "Timed passes (median reported).")
+flags.DEFINE_enum("mode", "clips", ["clips", "loop"], "clips: per-core clip rates; loop: data wait with and "
+                  "without the training loop's prefetch.")
+flags.DEFINE_integer("loop_steps", 20, "--mode=loop: timed steps per variant.")
+flags.DEFINE_integer("loop_batch", 2, "--mode=loop: clips per batch.")
+flags.DEFINE_integer("loop_work", 1536, "--mode=loop: matmul size of the stand-in step (sets its duration).")
 
 
 def natural_image(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -77,7 +95,7 @@ def train_spec():
   c = base_config()
   c.mode = "finetune"  # no mask: time the video path only
   c.data.num_frames, c.data.sampling_rate, c.data.crop_size = 16, 4, 224
-  return pipeline._spec(c, "train", train=True)  # pylint: disable=protected-access
+  return pipeline.clip_spec(c, "train", train=True)
 
 
 def spatial(spec, clip, rng):
@@ -127,6 +145,67 @@ def timed(fn, n: int, repeats: int) -> tuple[float, float]:
   return statistics.median(wall), statistics.median(cpu)
 
 
+class ShardBatches:
+  """Training batches of `batch` clips read from the shards (the per-clip work timed above)."""
+
+  def __init__(self, spec, source, batch: int):
+    self.spec, self.source, self.batch, self.index = spec, source, batch, 0
+
+  def __next__(self):
+    rows = [clip_from_shards(self.spec, self.source, (self.index * self.batch + k) % len(self.source),
+                             np.random.default_rng([self.index, k])) for k in range(self.batch)]
+    self.index += 1
+    return {"video": np.stack(rows)}
+
+  def get_state(self):
+    return {"index": self.index}
+
+  def set_state(self, state):
+    self.index = int(state["index"])
+
+
+def loop_wait(spec, source) -> None:
+  """Prints the loop's per-step time and data wait with and without prefetch (see the module docstring)."""
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
+  shardings = {"video": NamedSharding(mesh, P("data"))}
+  n = FLAGS.loop_work
+  w = jnp.asarray(np.random.default_rng(0).normal(0, n ** -0.5, (n, n)), jnp.float32)
+
+  @jax.jit
+  def step(carry, batch):  # stand-in for the train step: device work that depends on the batch
+    x = carry + jnp.mean(batch["video"].astype(jnp.float32)) * 1e-6
+    for _ in range(8):
+      x = jnp.tanh(x @ w)
+    return x
+
+  def run(prefetch: bool | None) -> float:
+    """Seconds per step: prefetch None = the step alone on one placed batch."""
+    it = ShardBatches(spec, source, FLAGS.loop_batch)
+    feeder = trainer._Feeder(it, ("video",), shardings, bool(prefetch))  # pylint: disable=protected-access
+    carry = jnp.zeros((8, n), jnp.float32)
+    fixed = feeder.take()
+    carry = step(carry, fixed).block_until_ready()  # compile + warm-up
+    t0 = time.perf_counter()
+    for i in range(FLAGS.loop_steps):
+      batch = fixed if prefetch is None else feeder.take()
+      carry = step(carry, batch)
+      if prefetch is not None:
+        feeder.prefetch()
+      if (i + 1) % 4 == 0:  # the trainer syncs on its metrics every few steps
+        carry.block_until_ready()
+    carry.block_until_ready()
+    return (time.perf_counter() - t0) / FLAGS.loop_steps
+
+  compute = run(None)
+  plain = run(False)
+  ahead = run(True)
+  print(f"load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores; "
+        f"batch {FLAGS.loop_batch} clips of 16x224², {FLAGS.loop_steps} steps, {jax.devices()[0].platform}")
+  print(f"step alone {1e3 * compute:.0f} ms | loop without prefetch {1e3 * plain:.0f} ms/step (data wait "
+        f"{1e3 * (plain - compute):.0f} ms) | with prefetch {1e3 * ahead:.0f} ms/step (data wait "
+        f"{1e3 * (ahead - compute):.0f} ms) | prefetch saves {1e3 * (plain - ahead):.0f} ms/step")
+
+
 def main(argv):
   del argv
   os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -148,6 +227,9 @@ def main(argv):
     mp4_bytes = sum(os.path.getsize(v) for v in videos)
     shard_bytes = sum(os.path.getsize(f) for f in meta.files("train"))
     print(f"mp4 {mp4_bytes / 2**20:.1f} MiB, shards {shard_bytes / 2**20:.1f} MiB (short side 320, quality 90)")
+    if FLAGS.mode == "loop":
+      loop_wait(spec, source)
+      return 0
 
     def run_shards(r, n):
       for k in range(n):
