@@ -202,9 +202,15 @@ def _restore_params_step(step_dir: str) -> Any:
   with ocp.StandardCheckpointer() as ckptr:
     meta = ckptr.metadata(state_dir)
     tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta
-    target = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree["params"])}
-    restored = ckptr.restore(state_dir, target, partial_restore=True) \
-        if _supports_partial() else ckptr.restore(state_dir)
+    # On this process's first device: the saving run's devices (e.g. another process's, of a multi-process
+    # run) need not exist here, and Orbax would otherwise try to restore onto them.
+    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    as_target = lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here)  # pylint: disable=unnecessary-lambda-assignment
+    if _supports_partial():
+      restored = ckptr.restore(state_dir, {"params": jax.tree.map(as_target, tree["params"])},
+                               partial_restore=True)
+    else:  # this Orbax restores whole trees only: all of the state, on this device
+      restored = ckptr.restore(state_dir, jax.tree.map(as_target, tree))
   return jax.tree.map(lambda x: jax.device_get(x), restored["params"])
 
 

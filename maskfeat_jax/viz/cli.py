@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 
+from maskfeat_jax import paths
 from maskfeat_jax import visualize as vis
 
 
@@ -20,19 +21,19 @@ def load_run(workdir: str, checkpoint: int | None = None):
   """(config, host params) of a run directory: RUN/config.json and its newest (or `checkpoint`) step."""
   from maskfeat_jax.checkpoints import orbax as ckpt_lib
   from maskfeat_jax.checkpoints import slowfast
-  if not os.path.isdir(workdir):
+  if not paths.isdir(workdir):  # local or gs:// (maskfeat_jax/paths.py)
     raise VizError(f"--workdir={workdir}: no such directory")
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
+  path = paths.join(workdir, "config.json")
+  if not paths.isfile(path):
     raise VizError(f"{path}: not found (is --workdir a training run's directory?)")
-  with open(path) as f:
+  with paths.open(path) as f:
     d = json.load(f)
   d.pop("_run", None)
   config = slowfast.config_from_json(d)
   where = workdir
   if checkpoint is not None:
-    where = os.path.join(ckpt_lib.checkpoint_dir(workdir), str(checkpoint))
-    if not os.path.isdir(where):
+    where = paths.join(ckpt_lib.checkpoint_dir(workdir), str(checkpoint))
+    if not paths.isdir(where):
       raise VizError(f"--checkpoint={checkpoint}: {where} does not exist")
   try:
     params = ckpt_lib.restore_params(where)
@@ -137,22 +138,22 @@ def write_pictures(config, model, params, clip: np.ndarray, out_dir: str, workdi
 
   hog.png shows `hog_frame` when given (e.g. a larger crop of the clip's first frame), else the first frame.
   """
-  os.makedirs(out_dir, exist_ok=True)
+  paths.makedirs(out_dir)
   frames = clip[None] if clip.ndim == 3 else clip
   t = config.target
   hog_frame = frames[0] if hog_frame is None else hog_frame
-  written = [vis.save_png(hog_figure(hog_frame, int(t.nbins), int(t.cell_size)), os.path.join(out_dir, "hog.png"))]
+  written = [vis.save_png(hog_figure(hog_frame, int(t.nbins), int(t.cell_size)), paths.join(out_dir, "hog.png"))]
   if config.model.type == "maskfeat":
     mask = fixed_mask(config)
-    written.append(vis.save_png(mask_figure(frames, mask), os.path.join(out_dir, "mask.png")))
+    written.append(vis.save_png(mask_figure(frames, mask), paths.join(out_dir, "mask.png")))
     if t.type == "hog":  # glyphs draw HOG targets only (a pixel-target run gets no prediction.png)
       out = forward(config, model, params, clip, mask)
       written.append(vis.save_png(prediction_picture(config, clip, mask, out),
-                                  os.path.join(out_dir, "prediction.png")))
-  metrics = os.path.join(workdir, "metrics.jsonl") if workdir else ""
-  if metrics and os.path.isfile(metrics):
-    written.append(vis.save_png(vis.training_curves(metrics), os.path.join(out_dir, "curves.png")))
-  written.append(vis.save_gif(vis.upscale(frames), os.path.join(out_dir, "clip.gif")))
+                                  paths.join(out_dir, "prediction.png")))
+  metrics = paths.join(workdir, "metrics.jsonl") if workdir else ""
+  if metrics and paths.isfile(metrics):
+    written.append(vis.save_png(vis.training_curves(metrics), paths.join(out_dir, "curves.png")))
+  written.append(vis.save_gif(vis.upscale(frames), paths.join(out_dir, "clip.gif")))
   return written
 
 
