@@ -221,11 +221,12 @@ def _saved_iterator_index(workdir, step) -> int:
 
 
 def test_prefetch_changes_no_result_and_saves_the_consumed_iterator_state(tmp_path, monkeypatch):
-  c = tt.tiny_config(total_steps=6, checkpoint_every_steps=100)
+  c = tt.tiny_config(total_steps=6, checkpoint_every_steps=2)
   straight = run_lib.run(c, str(tmp_path / "a"), tt.tiny_hooks(c))  # prefetch on (the default)
   stopped = run_lib.run(c, str(tmp_path / "b"), tt.tiny_hooks(c, stop_at_step=3))
-  # Step 4's batch was already read (prefetched) when the run stopped; the checkpoint says 3 consumed.
-  assert stopped.step == 3 and _saved_iterator_index(tmp_path / "b", 3) == 3
+  # When step 2 was saved, step 3's batch had already been read (prefetched): the checkpoint says 2 consumed.
+  assert _saved_iterator_index(tmp_path / "b", 2) == 2
+  assert stopped.step == 3 and _saved_iterator_index(tmp_path / "b", 3) == 3  # a stop reads nothing ahead
   resumed = run_lib.run(c, str(tmp_path / "b"), tt.tiny_hooks(c))
   assert resumed.start_step == 3 and resumed.step == 6
   assert _saved_iterator_index(tmp_path / "b", 6) == 6
