@@ -18,6 +18,7 @@ import numpy as np
 
 LN_EPS = 1e-6  # every LayerNorm of the official MViT / MaskMViT (video_model_builder.py, masked.py)
 REMAT_POLICIES = ("none", "full", "dots")
+ATTENTION_IMPLS = ("xla", "flash")
 
 # ----------------------------------------------------------------------------------------------------------
 # Architecture resolution (plain Python).
@@ -113,6 +114,7 @@ class ArchSpec:
   dtype: str
   remat_policy: str
   scan_blocks: bool
+  attention_impl: str
   blocks: tuple[BlockSpec, ...]
 
   @property
@@ -185,6 +187,8 @@ def arch_spec(m: Any, num_blocks: Optional[int] = None) -> ArchSpec:
   """
   if m.pool_mode not in ("conv", "max", "avg"):
     raise ValueError(f"config.model.pool_mode={m.pool_mode!r}; expected 'conv', 'max' or 'avg'")
+  if m.get("attention_impl", "xla") not in ATTENTION_IMPLS:
+    raise ValueError(f"config.model.attention_impl={m.attention_impl!r}; expected one of {ATTENTION_IMPLS}")
   if m.remat_policy not in REMAT_POLICIES:
     raise ValueError(f"config.model.remat_policy={m.remat_policy!r}; expected one of {REMAT_POLICIES}")
   for key in ("input_size", "patch_kernel", "patch_stride", "patch_padding"):
@@ -225,7 +229,8 @@ def arch_spec(m: Any, num_blocks: Optional[int] = None) -> ArchSpec:
       rel_pos_zero_init=bool(m.rel_pos_zero_init), residual_pooling=bool(m.residual_pooling),
       dim_mul_in_att=bool(m.dim_mul_in_att), pixel_mean=tuple(float(v) for v in m.pixel_mean),
       pixel_std=tuple(float(v) for v in m.pixel_std), dtype=str(m.dtype),
-      remat_policy=str(m.remat_policy), scan_blocks=bool(m.get("scan_blocks", True)))
+      remat_policy=str(m.remat_policy), scan_blocks=bool(m.get("scan_blocks", True)),
+      attention_impl=str(m.get("attention_impl", "xla")))
   proto = ArchSpec(blocks=(), **spec)
   if spec["rel_pos_spatial"] and proto.input_size[1] != proto.input_size[2]:
     raise ValueError(f"spatial rel-pos needs a square input; config.model.input_size={proto.input_size}")

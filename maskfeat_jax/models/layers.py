@@ -127,6 +127,57 @@ def add_rel_pos(attn, q, has_cls: bool, q_shape, k_shape, rel_pos_h=None, rel_po
   return jnp.concatenate([attn[:, :, :1, :], bottom], axis=2)
 
 
+def _key_indicators(k_shape, has_cls: bool, dims: Sequence[int], dtype) -> np.ndarray:
+  """[Nk, sum of k_shape[dims]]: one-hot of each key token's t / h / w coordinate (the cls key: zeros)."""
+  coords = np.indices(k_shape).reshape(3, -1)  # (t, h, w) of each key in row-major order
+  cols = [np.eye(k_shape[d], dtype=np.float32)[coords[d]] for d in dims]
+  onehot = np.concatenate(cols, axis=1)
+  if has_cls:
+    onehot = np.concatenate([np.zeros((1, onehot.shape[1]), np.float32), onehot], axis=0)
+  return onehot.astype(dtype)
+
+
+def folded_attention(q, k, v, scale: float, has_cls: bool, q_shape, k_shape, rel_pos_h=None, rel_pos_w=None,
+                     rel_pos_t=None):
+  """softmax(scale·q·k + decomposed rel-pos terms) v through `jax.nn.dot_product_attention`, bias-free.
+
+  The rel-pos term of query i and key j is rel_t[i, t(j)] + rel_h[i, h(j)] + rel_w[i, w(j)]: appending the
+  per-query terms to q and one-hot indicators of (t(j), h(j), w(j)) to k makes it part of the dot product,
+  so a fused (cuDNN flash) kernel computes exactly the logits of `add_rel_pos`, and autodiff reaches the
+  rel-pos tables through q. v is zero-padded to the widened head dim and the output cut back.
+  q, k, v: [B, heads, N, d]; returns [B, heads, Nq, d].
+  """
+  sp = 1 if has_cls else 0
+  qt, qh, qw = q_shape
+  kt, kh, kw = k_shape
+  b, nh, nq, d = q.shape
+  r_q = q[:, :, sp:].reshape(b, nh, qt, qh, qw, d)
+  terms, dims = [], []
+  if rel_pos_t is not None:
+    r_t = resize_rel_pos(rel_pos_t, 2 * max(qt, kt) - 1)[rel_pos_distance(qt, kt)]
+    terms.append(jnp.einsum("bythwc,tkc->bythwk", r_q, r_t))
+    dims.append(0)
+  if rel_pos_h is not None:
+    r_h = resize_rel_pos(rel_pos_h, 2 * max(qh, kh) - 1)[rel_pos_distance(qh, kh)]
+    r_w = resize_rel_pos(rel_pos_w, 2 * max(qw, kw) - 1)[rel_pos_distance(qw, kw)]
+    terms.append(jnp.einsum("bythwc,hkc->bythwk", r_q, r_h))
+    terms.append(jnp.einsum("bythwc,wkc->bythwk", r_q, r_w))
+    dims += [1, 2]
+  q_wide, k_wide = q * jnp.asarray(scale, q.dtype), k
+  if terms:
+    rel = jnp.concatenate([t.reshape(b, nh, nq - sp, -1) for t in terms], axis=-1).astype(q.dtype)
+    if sp:
+      rel = jnp.concatenate([jnp.zeros((b, nh, 1, rel.shape[-1]), rel.dtype), rel], axis=2)
+    onehot = jnp.asarray(_key_indicators(k_shape, has_cls, dims, k.dtype))
+    q_wide = jnp.concatenate([q_wide, rel], axis=-1)
+    k_wide = jnp.concatenate([k, jnp.broadcast_to(onehot, k.shape[:2] + onehot.shape)], axis=-1)
+  width = -(-q_wide.shape[-1] // 8) * 8  # fused kernels want head dims in multiples of 8
+  pad = lambda t: jnp.pad(t, [(0, 0)] * 3 + [(0, width - t.shape[-1])])
+  # dot_product_attention takes [B, N, heads, D]; softmax statistics are float32 inside it.
+  out = jax.nn.dot_product_attention(*(pad(t).transpose(0, 2, 1, 3) for t in (q_wide, k_wide, v)), scale=1.0)
+  return out.transpose(0, 2, 1, 3)[..., :d]
+
+
 def attention_pool(tensor, pool: Optional[Callable], thw, has_cls: bool, norm: Optional[Callable] = None):
   """Pools [B,h,N,d] tokens on their (t,h,w) grid; the cls row bypasses the pool but not the norm."""
   if pool is None:
@@ -354,15 +405,18 @@ class MultiScaleAttention(nn.Module):
       pooled.append(attention_pool(t, pool, b.thw, s.cls_embed, norm))
     (q, q_shape), (k, k_shape), (v, _) = pooled
     scale = b.head_dim ** -0.5
-    attn = jnp.einsum("bhqd,bhkd->bhqk", q * scale, k)
-    if s.rel_pos_spatial or s.rel_pos_temporal:
-      attn = add_rel_pos(attn, q, s.cls_embed, q_shape, k_shape,
-                         rel_pos_h=self.rel_pos_h if s.rel_pos_spatial else None,
-                         rel_pos_w=self.rel_pos_w if s.rel_pos_spatial else None,
-                         rel_pos_t=self.rel_pos_t if s.rel_pos_temporal else None)
-    # Softmax in float32 whatever the compute dtype.
-    attn = jax.nn.softmax(attn.astype(jnp.float32), axis=-1).astype(v.dtype)
-    out = jnp.einsum("bhqk,bhkd->bhqd", attn, v)
+    tables = dict(rel_pos_h=self.rel_pos_h if s.rel_pos_spatial else None,
+                  rel_pos_w=self.rel_pos_w if s.rel_pos_spatial else None,
+                  rel_pos_t=self.rel_pos_t if s.rel_pos_temporal else None)
+    if s.attention_impl == "flash":
+      out = folded_attention(q, k, v, scale, s.cls_embed, q_shape, k_shape, **tables)
+    else:
+      attn = jnp.einsum("bhqd,bhkd->bhqk", q * scale, k)
+      if s.rel_pos_spatial or s.rel_pos_temporal:
+        attn = add_rel_pos(attn, q, s.cls_embed, q_shape, k_shape, **tables)
+      # Softmax in float32 whatever the compute dtype.
+      attn = jax.nn.softmax(attn.astype(jnp.float32), axis=-1).astype(v.dtype)
+      out = jnp.einsum("bhqk,bhkd->bhqd", attn, v)
     if s.residual_pooling:
       if s.cls_embed:
         out = jnp.concatenate([out[:, :, :1], out[:, :, 1:] + q[:, :, 1:]], axis=2)

@@ -43,6 +43,9 @@ def model_schema() -> ml_collections.ConfigDict:
   # Run each stage's identical blocks as one lax.scan (compiled once per stage, not once per block); the
   # parameters keep their per-block names (blocks_3/...), stacked only inside the forward.
   m.scan_blocks = True
+  # 'xla': logits, softmax and weighted sum as three ops (exact official order). 'flash': the rel-pos
+  # terms folded into q·k and jax.nn.dot_product_attention (cuDNN's fused kernel on GPU).
+  m.attention_impl = "xla"
   m.drop_path_rate = 0.0
   m.dropout_rate = 0.0  # classifier head dropout (official MODEL.DROPOUT_RATE)
   m.pixel_mean = KINETICS_MEAN

@@ -49,3 +49,37 @@ def test_depthwise_conv_bf16_gradients_keep_dtypes():
   assert gx.dtype == jnp.bfloat16 and gk.dtype == jnp.bfloat16
   gk32 = jax.grad(lambda b: jnp.sum(_grouped_conv(x.astype(jnp.float32), b, (1, 2, 2))))(kernel.astype(jnp.float32))
   np.testing.assert_allclose(gk.astype(jnp.float32), gk32, rtol=2e-2, atol=2e-2 * float(jnp.abs(gk32).max()))
+
+
+def _reference_attention(q, k, v, scale, has_cls, q_shape, k_shape, **tables):
+  attn = layers.add_rel_pos(jnp.einsum("bhqd,bhkd->bhqk", q * scale, k), q, has_cls, q_shape, k_shape, **tables)
+  return jnp.einsum("bhqk,bhkd->bhqd", jax.nn.softmax(attn, axis=-1), v)
+
+
+@pytest.mark.parametrize("has_cls,q_shape,k_shape,temporal", [
+    (True, (2, 4, 4), (2, 2, 2), True),
+    (False, (2, 4, 4), (2, 4, 4), True),
+    (True, (1, 3, 3), (1, 3, 3), False),
+])
+def test_folded_rel_pos_attention_equals_explicit_logits(has_cls, q_shape, k_shape, temporal):
+  rng = np.random.default_rng(2)
+  b, heads, d = 2, 2, 8
+  sp = 1 if has_cls else 0
+  nq, nk = sp + int(np.prod(q_shape)), sp + int(np.prod(k_shape))
+  q, k, v = (jnp.asarray(rng.standard_normal((b, heads, n, d), np.float32)) for n in (nq, nk, nk))
+  tables = {"rel_pos_h": jnp.asarray(rng.standard_normal((2 * q_shape[1] - 1, d), np.float32)),
+            "rel_pos_w": jnp.asarray(rng.standard_normal((2 * q_shape[2] - 1, d), np.float32))}
+  if temporal:
+    tables["rel_pos_t"] = jnp.asarray(rng.standard_normal((2 * q_shape[0] - 1, d), np.float32))
+  args = (d ** -0.5, has_cls, q_shape, k_shape)
+  out = layers.folded_attention(q, k, v, *args, **tables)
+  ref = _reference_attention(q, k, v, *args, **tables)
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+  w = jnp.asarray(rng.standard_normal(ref.shape, np.float32))
+
+  def loss(fn):
+    return lambda q, k, v, t: jnp.sum(fn(q, k, v, *args, **t) * w)
+
+  grads = jax.grad(loss(layers.folded_attention), argnums=(0, 1, 2, 3))(q, k, v, tables)
+  grads_ref = jax.grad(loss(_reference_attention), argnums=(0, 1, 2, 3))(q, k, v, tables)
+  jax.tree.map(lambda a, r: np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-5), grads, grads_ref)

@@ -78,3 +78,13 @@ def test_scanned_drop_path_draws_per_block_and_is_seeded(setup):
   c, _ = _loss_and_grads(model, params, x, mask, train=True, rng=jax.random.key(4))
   assert float(a) == float(b)
   assert float(a) != float(eval_loss) and float(a) != float(c)
+
+
+def test_flash_attention_impl_equals_xla(setup):
+  model, params, x, mask = setup
+  loss0, grads0 = _loss_and_grads(model, params, x, mask)
+  flash = factory.build_model(_config(scan_blocks=False, attention_impl="flash"))
+  loss, grads = _loss_and_grads(flash, params, x, mask)
+  np.testing.assert_allclose(loss, loss0, rtol=1e-5)
+  scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(grads0))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * scale), grads, grads0)
