@@ -18,6 +18,7 @@ FLOPs of a step (XLA cost analysis of the lowered, platform-independent non-rema
 """
 import argparse
 import gc
+import os
 import statistics
 import time
 
@@ -25,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from maskfeat_jax import compiler
 from maskfeat_jax.models import factory
 from maskfeat_jax.config import base_config
 from maskfeat_jax.models import layouts
@@ -99,9 +101,13 @@ def forward_gmacs(name: str, batch: int = 1) -> tuple[float, float]:
   model = factory.build_model(config)
   inputs = make_inputs(config, batch)
   params = jax.eval_shape(lambda: init_params(model, config, inputs))
-  fwd = jax.jit(lambda p, *a: model.apply({"params": p}, *a))
+  fwd = compiler.jit(lambda p, *a: model.apply({"params": p}, *a))
   compiled = fwd.lower(params, *inputs).compile()
   return _flops(compiled) / batch / 1e9, OFFICIAL_GMACS.get(name, float("nan"))
+
+
+def _load() -> str:
+  return "load average %.2f %.2f %.2f" % os.getloadavg()
 
 
 def cpu_benchmark(args):
@@ -111,11 +117,17 @@ def cpu_benchmark(args):
   print(f"model {args.model}: {factory.count_params(factory.param_shapes(config, model)):,} params, input "
         f"{tuple(inputs[0].shape)} uint8, {config.model.dtype} compute, device {jax.devices()[0].device_kind}")
   params = init_params(model, config, inputs)
-  step = jax.jit(jax.value_and_grad(_loss_fn(model, config)))
-  compile_s, times, _ = time_step(step, (params,) + inputs, args.warmup, args.steps)
-  med = statistics.median(times)
-  print(f"forward+backward, batch {args.batch}: compile {compile_s:.1f} s; step median {med:.2f} s over "
-        f"{len(times)} runs (min {min(times):.2f}, max {max(times):.2f}) after {args.warmup} warm-up")
+  print(f"{_load()}; compiler options {compiler.compiler_options()}")
+  for scan in args.scan_blocks:
+    config.model.scan_blocks = scan == "on"
+    model = factory.build_model(config)
+    step = compiler.jit(jax.value_and_grad(_loss_fn(model, config)))
+    compile_s, times, _ = time_step(step, (params,) + inputs, args.warmup, args.steps)
+    med = statistics.median(times)
+    print(f"forward+backward, batch {args.batch}, scan_blocks {scan}: compile {compile_s:.1f} s; step median "
+          f"{med:.2f} s over {len(times)} runs (min {min(times):.2f}, max {max(times):.2f}) after "
+          f"{args.warmup} warm-up")
+  print(_load())
   names = [args.model] + ([] if args.skip_ft_flops or args.model == "mvit_s_16x4_ft" else ["mvit_s_16x4_ft"])
   for name in names:
     t0 = time.perf_counter()
@@ -146,52 +158,53 @@ def gpu_benchmark(args):
         f"compute {args.gpu_dtype}, fp32 params; forward+backward (value_and_grad) per step")
   rows = []
   model_flops = {}
-  for batch in args.batches:
-    for remat in args.remat:
-      row = dict(batch=batch, remat=remat)
-      try:
-        config = make_config(args.model, args.gpu_dtype, remat)
-        model = factory.build_model(config)
-        inputs = tuple(jax.device_put(a) for a in make_inputs(config, batch))
-        params = init_params(model, config, inputs)
-        step = jax.jit(jax.value_and_grad(_loss_fn(model, config)))
-        compile_s, times, compiled = time_step(step, (params,) + inputs, args.warmup, args.steps)
-        # Platform-independent HLO count: on GPU the compiled module's analysis misses the cuBLAS /
-        # cuDNN custom calls, which would understate MFU several-fold.
-        flops = _flops(step.lower(params, *inputs))
-        if remat == "none":
-          model_flops[batch] = flops
-        med = statistics.median(times)
-        mem = compiled.memory_analysis()
-        mem_gib = float("nan")
-        if mem is not None:
-          mem_gib = (mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
-                     - mem.alias_size_in_bytes) / 2**30
-        stats = dev.memory_stats() or {}
-        mflops = model_flops.get(batch, flops)
-        row.update(status="ok", compile_s=compile_s, step_ms=med * 1e3, clips_s=batch / med,
-                   tflops=mflops / med / 1e12, mfu=mflops / med / (peak * 1e12), mem_gib=mem_gib,
-                   peak_gib=stats.get("peak_bytes_in_use", float("nan")) / 2**30)
-      except Exception as err:  # pylint: disable=broad-except
-        row.update(status="OOM" if _is_oom(err) else f"error: {type(err).__name__}: {str(err)[:120]}")
-      rows.append(row)
-      print(_format_row(row), flush=True)
-      params = step = compiled = None  # free device memory before the next setting
-      gc.collect()
-      jax.clear_caches()
+  settings = [(b, r, a) for a in args.attention_impl for b in args.batches for r in args.remat]
+  for batch, remat, attention in settings:
+    row = dict(batch=batch, remat=remat, attention=attention)
+    try:
+      config = make_config(args.model, args.gpu_dtype, remat)
+      config.model.attention_impl = attention
+      model = factory.build_model(config)
+      inputs = tuple(jax.device_put(a) for a in make_inputs(config, batch))
+      params = init_params(model, config, inputs)
+      step = compiler.jit(jax.value_and_grad(_loss_fn(model, config)))
+      compile_s, times, compiled = time_step(step, (params,) + inputs, args.warmup, args.steps)
+      # Platform-independent HLO count: on GPU the compiled module's analysis misses the cuBLAS /
+      # cuDNN custom calls, which would understate MFU several-fold.
+      flops = _flops(step.lower(params, *inputs))
+      if remat == "none":
+        model_flops[(batch, attention)] = flops
+      med = statistics.median(times)
+      mem = compiled.memory_analysis()
+      mem_gib = float("nan")
+      if mem is not None:
+        mem_gib = (mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
+                   - mem.alias_size_in_bytes) / 2**30
+      stats = dev.memory_stats() or {}
+      mflops = model_flops.get((batch, attention), flops)
+      row.update(status="ok", compile_s=compile_s, step_ms=med * 1e3, clips_s=batch / med,
+                 tflops=mflops / med / 1e12, mfu=mflops / med / (peak * 1e12), mem_gib=mem_gib,
+                 peak_gib=stats.get("peak_bytes_in_use", float("nan")) / 2**30)
+    except Exception as err:  # pylint: disable=broad-except
+      row.update(status="OOM" if _is_oom(err) else f"error: {type(err).__name__}: {str(err)[:120]}")
+    rows.append(row)
+    print(_format_row(row), flush=True)
+    params = step = compiled = None  # free device memory before the next setting
+    gc.collect()
+    jax.clear_caches()
   print("\n" + _HEADER)
   for row in rows:
     print(_format_row(row))
 
 
-_HEADER = (f"{'batch':>5} {'remat':>5} {'compile s':>9} {'step ms':>8} {'clips/s':>8} {'TFLOP/s':>8} "
+_HEADER = (f"{'attention':>9} {'batch':>5} {'remat':>5} {'compile s':>9} {'step ms':>8} {'clips/s':>8} {'TFLOP/s':>8} "
            f"{'MFU':>6} {'XLA mem GiB':>11} {'peak GiB':>8}  status")
 
 
 def _format_row(r) -> str:
   if r.get("status") != "ok":
-    return f"{r['batch']:>5} {r['remat']:>5} {'':>9} {'':>8} {'':>8} {'':>8} {'':>6} {'':>11} {'':>8}  {r['status']}"
-  return (f"{r['batch']:>5} {r['remat']:>5} {r['compile_s']:>9.1f} {r['step_ms']:>8.1f} {r['clips_s']:>8.2f} "
+    return f"{r['attention']:>9} {r['batch']:>5} {r['remat']:>5} {'':>9} {'':>8} {'':>8} {'':>8} {'':>6} {'':>11} {'':>8}  {r['status']}"
+  return (f"{r['attention']:>9} {r['batch']:>5} {r['remat']:>5} {r['compile_s']:>9.1f} {r['step_ms']:>8.1f} {r['clips_s']:>8.2f} "
           f"{r['tflops']:>8.1f} {r['mfu']:>6.1%} {r['mem_gib']:>11.2f} {r['peak_gib']:>8.2f}  ok")
 
 
@@ -203,6 +216,10 @@ def main(argv=None):
   p.add_argument("--dtype", default="float32", help="CPU compute dtype (bf16 is slower than fp32 on CPU)")
   p.add_argument("--warmup", type=int, default=1)
   p.add_argument("--steps", type=int, default=3)
+  p.add_argument("--attention_impl", type=lambda v: v.split(","), default=["xla", "flash"],
+                 help="GPU table: model.attention_impl values to measure")
+  p.add_argument("--scan_blocks", type=lambda v: v.split(","), default=["on"],
+                 help="CPU: 'on', 'off' or 'on,off' (compile and step time of each, same params)")
   p.add_argument("--skip_ft_flops", action="store_true", help="do not also count the MViT-S FT forward")
   p.add_argument("--gpu", action="store_true", help="GPU throughput / MFU / memory table")
   p.add_argument("--batches", type=lambda s: [int(v) for v in s.split(",")], default=[8, 16, 32])
