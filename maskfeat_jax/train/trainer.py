@@ -138,6 +138,7 @@ def train(config, workdir: str, *, model, dataset, mesh, make_iterator: Callable
         f"(start {start_step}) | batch {config.batch_size} | peak lr {schedule.base_lr:.3e}", flush=True)
 
   compiled, keys, b_shard = _compile(config, model, tx, schedule, shardings, abstract_state, mesh)
+  _all_processes_compiled()
   writer = logger.MetricsWriter(
       workdir, total_steps=schedule.total_steps, batch_size=config.batch_size, start_step=start_step,
       primary=primary, tensorboard=config.log.tensorboard, prefix=f"[{config.mode}] ")
@@ -180,6 +181,23 @@ def _compile(config, model, tx, schedule, shardings, abstract_state, mesh):
     compiled = jstep.lower(abstract_state, abstract_batch, abstract_lr).compile()
   print(f"[{config.mode}] train step compiled in {time.perf_counter() - t0:.1f}s", flush=True)
   return compiled, keys, b_shard
+
+
+def _all_processes_compiled(timeout_s: int = 3600):
+  """Multi-process runs: wait for every process's compilation before the first step's collectives.
+
+  Processes may compile minutes apart (one hits the persistent cache, another does not), and on CPU the
+  first collective's gloo set-up gives up after 30 s; a coordination-service barrier waits as long as needed.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top  (the client jax.distributed made)
+  _BARRIERS[0] += 1  # a barrier id serves once: one per train() call (the demo trains three times)
+  distributed.global_state.client.wait_at_barrier(f"maskfeat_train_step_compiled_{_BARRIERS[0]}",
+                                                  timeout_in_ms=timeout_s * 1000)
+
+
+_BARRIERS = [0]
 
 
 def _window_mean(fetched: list[tuple[int, dict]]) -> dict:
