@@ -67,20 +67,30 @@ def _env(gcs_url, tmp_path, **extra):
   return env
 
 
-def _main(args, env, wrap=True):
-  """main.py as a subprocess, under `timeout -k` unless wrap=False (then the caller bounds it and can
+class _Job:
+  """main.py as a subprocess, its output in a file (a pipe nobody reads while the test polls the bucket
+  would fill up and block it), under `timeout -k` unless wrap=False (then the caller bounds it and can
   SIGKILL the python process itself)."""
-  cmd = [sys.executable, "-m", "maskfeat_jax.main", *args]
-  if wrap:
-    cmd = ["timeout", "-k", "10", str(LIMIT_S), *cmd]
-  return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+  def __init__(self, args, env, log: pathlib.Path, wrap=True):
+    cmd = [sys.executable, "-m", "maskfeat_jax.main", *args]
+    if wrap:
+      cmd = ["timeout", "-k", "10", str(LIMIT_S), *cmd]
+    self.log = log
+    with open(log, "w") as f:
+      self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+
+  def output(self) -> str:
+    return self.log.read_text()
+
+  def wait(self, timeout=LIMIT_S + 30) -> int:
+    return self.proc.wait(timeout)
 
 
-def _run(args, env) -> str:
-  p = _main(args, env)
-  out, _ = p.communicate(timeout=LIMIT_S + 30)
-  assert p.returncode == 0, out[-5000:]
-  return out
+def _run(args, env, log) -> str:
+  job = _Job(args, env, log)
+  assert job.wait() == 0, job.output()[-5000:]
+  return job.output()
 
 
 def _upload(local_dir: pathlib.Path, url: str) -> None:
@@ -110,24 +120,24 @@ def test_train_kill_resume_and_probe_on_a_bucket(gcs, tmp_path):
 
   # The same run on a local workdir (and local data): the reference.
   local = tmp_path / "local_run"
-  _run([*FLAGS, f"--workdir={local}", f"--config.data.data_dir={local_data}", cache], env)
+  _run([*FLAGS, f"--workdir={local}", f"--config.data.data_dir={local_data}", cache], env, tmp_path / "local.log")
 
   run = "gs://bucket/run"
-  p = _main([*FLAGS, f"--workdir={run}", data, cache], env, wrap=False)
+  job = _Job([*FLAGS, f"--workdir={run}", data, cache], env, tmp_path / "killed.log", wrap=False)
   try:
     t0 = time.time()
     while not _remote_steps(run):  # the first checkpoint is complete in the bucket
-      assert p.poll() is None, p.communicate()[0][-5000:]
+      assert job.proc.poll() is None, job.output()[-5000:]
       assert time.time() - t0 < LIMIT_S
       time.sleep(0.05)
   finally:
-    p.send_signal(signal.SIGKILL)  # no chance to save or upload anything more
-    out = p.communicate(timeout=60)[0]
+    job.proc.send_signal(signal.SIGKILL)  # no chance to save or upload anything more
+    job.wait(60)
   killed = _remote_steps(run)
-  assert killed and killed[-1] < STEPS, (killed, out[-3000:])
+  assert killed and killed[-1] < STEPS, (killed, job.output()[-3000:])
   assert (tmp_path / "remote_cache" / "gs" / "bucket" / "data" / synthetic.NAME).is_dir()  # data staged
 
-  out = _run([*FLAGS, f"--workdir={run}", data, cache], env)
+  out = _run([*FLAGS, f"--workdir={run}", data, cache], env, tmp_path / "resumed.log")
   assert f"resumed from {run}/checkpoints at step {killed[-1]}" in out, out[-3000:]
   # Every output is in the bucket, and nothing was written to a local "gs:" directory.
   root = epath.Path(run)
@@ -146,7 +156,7 @@ def test_train_kill_resume_and_probe_on_a_bucket(gcs, tmp_path):
 
   # Evaluate from the bucket: a linear probe of the run's frozen features, its report written to the bucket.
   out = _run([*FLAGS, "--config.mode=probe", f"--config.init_from={run}", "--config.probe.steps=20",
-              "--workdir=gs://bucket/probe", data, cache], env)
+              "--workdir=gs://bucket/probe", data, cache], env, tmp_path / "probe.log")
   result = json.loads(epath.Path("gs://bucket/probe/probe_test.json").read_text())
   assert result["num_eval"] == 160 and 0.0 <= result["top1"] <= 1.0, out[-3000:]
 
@@ -179,10 +189,11 @@ def test_bucket_without_credentials_or_emulator_is_one_line(tmp_path):
   home.mkdir()
   env = _env(None, tmp_path, HOME=str(home), CLOUDSDK_CONFIG=str(home / "gcloud"))
   t0 = time.time()
-  p = _main(["--config=configs/demo.py:tiny", "--workdir=gs://no-such-bucket/run"], env)
-  out = p.communicate(timeout=120)[0]
+  job = _Job(["--config=configs/demo.py:tiny", "--workdir=gs://no-such-bucket/run"], env, tmp_path / "log")
+  rc = job.wait(120)
+  out = job.output()
   lines = [l for l in out.strip().splitlines() if l.strip()]
-  assert p.returncode == 2 and len(lines) == 1, out[-3000:]
+  assert rc == 2 and len(lines) == 1, out[-3000:]
   assert lines[0].startswith("ERROR: gs://no-such-bucket/run: no Google Cloud credentials") and \
       "STORAGE_EMULATOR_HOST" in lines[0], lines[0]
   assert time.time() - t0 < 60
