@@ -60,7 +60,7 @@ while ((${#running[@]} > 0)); do
   finished=""
   wait -n -p finished "${running[@]}"
   rc=$?
-  [[ -z "$finished" ]] && continue  # a trapped signal interrupted the wait: the processes still run
+  [[ -z "${finished:-}" ]] && continue  # (wait -p leaves it unset then) a trapped signal interrupted the wait: the processes still run
   left=()
   for pid in "${running[@]}"; do [[ "$pid" != "$finished" ]] && left+=("$pid"); done
   running=("${left[@]+"${left[@]}"}")
