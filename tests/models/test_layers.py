@@ -1,10 +1,11 @@
-"""The hand-written backward passes of models/layers.py against JAX autodiff of reference formulations."""
+"""models/depthwise.py's hand-written backward and models/layers.py's folded attention, against JAX
+autodiff of reference formulations."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from maskfeat_jax.models import layers
+from maskfeat_jax.models import depthwise, layers
 
 
 def _grouped_conv(x, kernel, stride):
@@ -27,14 +28,14 @@ def test_depthwise_conv_forward_and_gradients_match_grouped_conv(shape, kernel_s
   x = jnp.asarray(rng.standard_normal(shape, np.float32))
   kernel = jnp.asarray(rng.standard_normal(kernel_size + (1, shape[-1]), np.float32))
   y_ref = _grouped_conv(x, kernel, stride)
-  y = layers.depthwise_conv3d(x, kernel, stride)
+  y = depthwise.depthwise_conv3d(x, kernel, stride)
   np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
   weights = jnp.asarray(rng.standard_normal(y_ref.shape, np.float32))
 
   def loss(conv):
     return lambda x, k: jnp.sum(jnp.sin(conv(x, k, stride)) * weights)
 
-  gx, gk = jax.jit(jax.grad(loss(layers.depthwise_conv3d), argnums=(0, 1)))(x, kernel)
+  gx, gk = jax.jit(jax.grad(loss(depthwise.depthwise_conv3d), argnums=(0, 1)))(x, kernel)
   gx_ref, gk_ref = jax.grad(loss(_grouped_conv), argnums=(0, 1))(x, kernel)
   np.testing.assert_allclose(gx, gx_ref, rtol=1e-4, atol=1e-4 * float(jnp.abs(gx_ref).max()))
   np.testing.assert_allclose(gk, gk_ref, rtol=1e-4, atol=1e-4 * float(jnp.abs(gk_ref).max()))
@@ -44,7 +45,7 @@ def test_depthwise_conv_bf16_gradients_keep_dtypes():
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.standard_normal((1, 4, 8, 8, 4), np.float32)).astype(jnp.bfloat16)
   kernel = jnp.asarray(rng.standard_normal((3, 3, 3, 1, 4), np.float32)).astype(jnp.bfloat16)
-  gx, gk = jax.grad(lambda a, b: jnp.sum(layers.depthwise_conv3d(a, b, (1, 2, 2)).astype(jnp.float32)),
+  gx, gk = jax.grad(lambda a, b: jnp.sum(depthwise.depthwise_conv3d(a, b, (1, 2, 2)).astype(jnp.float32)),
                     argnums=(0, 1))(x, kernel)
   assert gx.dtype == jnp.bfloat16 and gk.dtype == jnp.bfloat16
   gk32 = jax.grad(lambda b: jnp.sum(_grouped_conv(x.astype(jnp.float32), b, (1, 2, 2))))(kernel.astype(jnp.float32))

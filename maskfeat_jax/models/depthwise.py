@@ -1,0 +1,86 @@
+"""The depthwise pooling convolution of `slowfast/models/attention.py::MultiScaleAttention` (mode "conv"),
+Conv3d(C, C, k, stride, padding=k//2, groups=C, bias=False) on channels-last [N, T, H, W, C], with its
+backward pass written by hand (figures in BENCHMARKS.md, "Model step on CPU").
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+
+
+def _conv_out_size(x_shape, kernel_size, stride) -> tuple[int, int, int]:
+  return tuple((n + 2 * (k // 2) - k) // s + 1 for n, k, s in zip(x_shape[1:4], kernel_size, stride))
+
+
+def _tap(xp, offset, stride, out_size):
+  """The strided slice of the padded input that kernel tap `offset` multiplies: [N, *out_size, C]."""
+  start = (0,) + tuple(offset) + (0,)
+  limit = (xp.shape[0],) + tuple(o + s * (n - 1) + 1 for o, s, n in zip(offset, stride, out_size)) + (xp.shape[4],)
+  return jax.lax.slice(xp, start, limit, (1,) + tuple(stride) + (1,))
+
+
+def _taps(kernel_size):
+  kt, kh, kw = kernel_size
+  return [(a, b, c) for a in range(kt) for b in range(kh) for c in range(kw)]
+
+
+def _shifted_sum(xp, kernel, stride, out_size):
+  """sum over taps of tap(xp) * kernel[tap]: one fused elementwise loop."""
+  out = None
+  for tap in _taps(kernel.shape[:3]):
+    term = _tap(xp, tap, stride, out_size) * kernel[tap + (0,)]
+    out = term if out is None else out + term
+  return out
+
+
+def _pad_same(x, kernel_size):
+  return jnp.pad(x, [(0, 0)] + [(k // 2, k // 2) for k in kernel_size] + [(0, 0)])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def depthwise_conv3d(x, kernel, stride):
+  """Conv3d(C, C, k, stride, padding=k//2, groups=C, bias=False) on [N,T,H,W,C] as a sum of shifted slices.
+
+  Same arithmetic as the grouped convolution (one product per tap, summed over the k_t·k_h·k_w taps), but
+  built from strided slices and multiplies that XLA fuses into one loop: on CPU the grouped-conv kernels
+  (and especially their weight gradient) are several times slower. The backward is written by hand
+  (`_depthwise_bwd`): autodiff of the slices gives one full-tensor reduction per tap for the kernel
+  gradient and one pad-and-add per tap for the input gradient (figures in BENCHMARKS.md, "Model step").
+  """
+  kernel_size = kernel.shape[:3]
+  return _shifted_sum(_pad_same(x, kernel_size), kernel, stride, _conv_out_size(x.shape, kernel_size, stride))
+
+
+def _depthwise_fwd(x, kernel, stride):
+  return depthwise_conv3d(x, kernel, stride), (x, kernel)
+
+
+def _depthwise_bwd(stride, residuals, g):
+  x, kernel = residuals
+  kernel_size = kernel.shape[:3]
+  out_size = g.shape[1:4]
+  xp = _pad_same(x, kernel_size)
+  # Kernel gradient: per tap, sum of tap(xp) * g over all positions. Summing over the short leading axes
+  # (batch, time) first is an elementwise-shaped loop XLA vectorises along C; the remaining [taps, H, W, C]
+  # partials are then reduced one axis at a time (a single reduction over all positions per tap is ~3x
+  # slower on XLA:CPU). Accumulated in float32 whatever the compute dtype.
+  partials = jnp.stack([jnp.sum((_tap(xp, tap, stride, out_size) * g).astype(jnp.float32), axis=(0, 1))
+                        for tap in _taps(kernel_size)])
+  dkernel = jnp.sum(jnp.sum(partials, axis=1), axis=1).reshape(kernel.shape).astype(kernel.dtype)
+  # Input gradient = the transposed convolution: g dilated by the stride, padded by k-1 (and up to the
+  # padded input's size), then the same shifted-slice sum with the kernel flipped; crop the padding off.
+  padded_size = xp.shape[1:4]
+  zero = jnp.zeros((), g.dtype)
+  gpad = jax.lax.pad(g, zero, [(0, 0, 0)] + [(k - 1, p - ((n - 1) * s + 1), s - 1) for k, p, n, s in
+                                               zip(kernel_size, padded_size, out_size, stride)] + [(0, 0, 0)])
+  dxp = None
+  for tap in _taps(kernel_size):
+    offset = tuple(k - 1 - t for k, t in zip(kernel_size, tap))
+    term = _tap(gpad, offset, (1, 1, 1), padded_size) * kernel[tap + (0,)].astype(g.dtype)
+    dxp = term if dxp is None else dxp + term
+  pt, ph, pw = (k // 2 for k in kernel_size)
+  dx = dxp[:, pt:pt + x.shape[1], ph:ph + x.shape[2], pw:pw + x.shape[3]]
+  return dx.astype(x.dtype), dkernel
+
+
+depthwise_conv3d.defvjp(_depthwise_fwd, _depthwise_bwd)
