@@ -1,6 +1,7 @@
 """The depthwise pooling convolution of `slowfast/models/attention.py::MultiScaleAttention` (mode "conv"),
 Conv3d(C, C, k, stride, padding=k//2, groups=C, bias=False) on channels-last [N, T, H, W, C], with its
-backward pass written by hand (figures in BENCHMARKS.md, "Model step on CPU").
+backward pass written by hand (figures in BENCHMARKS.md, "Model step on CPU"); and the shifted-slice helpers
+(`tap_slice`, `dilate_for_transpose`, ...) that models/maxpool.py shares.
 """
 import functools
 
@@ -8,18 +9,18 @@ import jax
 import jax.numpy as jnp
 
 
-def _conv_out_size(x_shape, kernel_size, stride) -> tuple[int, int, int]:
+def conv_out_size(x_shape, kernel_size, stride) -> tuple[int, int, int]:
   return tuple((n + 2 * (k // 2) - k) // s + 1 for n, k, s in zip(x_shape[1:4], kernel_size, stride))
 
 
-def _tap(xp, offset, stride, out_size):
+def tap_slice(xp, offset, stride, out_size):
   """The strided slice of the padded input that kernel tap `offset` multiplies: [N, *out_size, C]."""
   start = (0,) + tuple(offset) + (0,)
   limit = (xp.shape[0],) + tuple(o + s * (n - 1) + 1 for o, s, n in zip(offset, stride, out_size)) + (xp.shape[4],)
   return jax.lax.slice(xp, start, limit, (1,) + tuple(stride) + (1,))
 
 
-def _taps(kernel_size):
+def kernel_taps(kernel_size):
   kt, kh, kw = kernel_size
   return [(a, b, c) for a in range(kt) for b in range(kh) for c in range(kw)]
 
@@ -27,14 +28,14 @@ def _taps(kernel_size):
 def _shifted_sum(xp, kernel, stride, out_size):
   """sum over taps of tap(xp) * kernel[tap]: one fused elementwise loop."""
   out = None
-  for tap in _taps(kernel.shape[:3]):
-    term = _tap(xp, tap, stride, out_size) * kernel[tap + (0,)]
+  for tap in kernel_taps(kernel.shape[:3]):
+    term = tap_slice(xp, tap, stride, out_size) * kernel[tap + (0,)]
     out = term if out is None else out + term
   return out
 
 
-def _pad_same(x, kernel_size):
-  return jnp.pad(x, [(0, 0)] + [(k // 2, k // 2) for k in kernel_size] + [(0, 0)])
+def pad_same(x, kernel_size, value=0):
+  return jnp.pad(x, [(0, 0)] + [(k // 2, k // 2) for k in kernel_size] + [(0, 0)], constant_values=value)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -48,7 +49,7 @@ def depthwise_conv3d(x, kernel, stride):
   gradient and one pad-and-add per tap for the input gradient (figures in BENCHMARKS.md, "Model step").
   """
   kernel_size = kernel.shape[:3]
-  return _shifted_sum(_pad_same(x, kernel_size), kernel, stride, _conv_out_size(x.shape, kernel_size, stride))
+  return _shifted_sum(pad_same(x, kernel_size), kernel, stride, conv_out_size(x.shape, kernel_size, stride))
 
 
 def _depthwise_fwd(x, kernel, stride):
@@ -59,28 +60,45 @@ def _depthwise_bwd(stride, residuals, g):
   x, kernel = residuals
   kernel_size = kernel.shape[:3]
   out_size = g.shape[1:4]
-  xp = _pad_same(x, kernel_size)
+  xp = pad_same(x, kernel_size)
   # Kernel gradient: per tap, sum of tap(xp) * g over all positions. Summing over the short leading axes
   # (batch, time) first is an elementwise-shaped loop XLA vectorises along C; the remaining [taps, H, W, C]
   # partials are then reduced one axis at a time (a single reduction over all positions per tap is ~3x
   # slower on XLA:CPU). Accumulated in float32 whatever the compute dtype.
-  partials = jnp.stack([jnp.sum((_tap(xp, tap, stride, out_size) * g).astype(jnp.float32), axis=(0, 1))
-                        for tap in _taps(kernel_size)])
+  partials = jnp.stack([jnp.sum((tap_slice(xp, tap, stride, out_size) * g).astype(jnp.float32), axis=(0, 1))
+                        for tap in kernel_taps(kernel_size)])
   dkernel = jnp.sum(jnp.sum(partials, axis=1), axis=1).reshape(kernel.shape).astype(kernel.dtype)
   # Input gradient = the transposed convolution: g dilated by the stride, padded by k-1 (and up to the
   # padded input's size), then the same shifted-slice sum with the kernel flipped; crop the padding off.
   padded_size = xp.shape[1:4]
-  zero = jnp.zeros((), g.dtype)
-  gpad = jax.lax.pad(g, zero, [(0, 0, 0)] + [(k - 1, p - ((n - 1) * s + 1), s - 1) for k, p, n, s in
-                                               zip(kernel_size, padded_size, out_size, stride)] + [(0, 0, 0)])
+  gpad = dilate_for_transpose(g, kernel_size, stride, padded_size, 0)
   dxp = None
-  for tap in _taps(kernel_size):
-    offset = tuple(k - 1 - t for k, t in zip(kernel_size, tap))
-    term = _tap(gpad, offset, (1, 1, 1), padded_size) * kernel[tap + (0,)].astype(g.dtype)
+  for tap in kernel_taps(kernel_size):
+    term = transposed_tap(gpad, kernel_size, tap, padded_size) * kernel[tap + (0,)].astype(g.dtype)
     dxp = term if dxp is None else dxp + term
+  return crop_same(dxp, kernel_size, x.shape).astype(x.dtype), dkernel
+
+
+def dilate_for_transpose(g, kernel_size, stride, padded_size, fill):
+  """An output-shaped [N, t, h, w, C] tensor dilated by the stride and padded by k-1 in front (and up to
+  the padded input's size behind), so that `transposed_tap` of it, summed over taps, is the transposed
+  strided window op: padded-input position p receives, from tap t, output o where p = o*stride + t."""
+  out_size = g.shape[1:4]
+  return jax.lax.pad(g, jnp.asarray(fill, g.dtype),
+                     [(0, 0, 0)] + [(k - 1, p - ((n - 1) * s + 1), s - 1) for k, p, n, s in
+                                    zip(kernel_size, padded_size, out_size, stride)] + [(0, 0, 0)])
+
+
+def transposed_tap(gpad, kernel_size, tap, padded_size):
+  """What tap `tap` sends back to every padded-input position, from `dilate_for_transpose`'s tensor."""
+  offset = tuple(k - 1 - t for k, t in zip(kernel_size, tap))
+  return tap_slice(gpad, offset, (1, 1, 1), padded_size)
+
+
+def crop_same(xp, kernel_size, x_shape):
+  """The inverse of `pad_same`: the unpadded [N, T, H, W, C] region."""
   pt, ph, pw = (k // 2 for k in kernel_size)
-  dx = dxp[:, pt:pt + x.shape[1], ph:ph + x.shape[2], pw:pw + x.shape[3]]
-  return dx.astype(x.dtype), dkernel
+  return xp[:, pt:pt + x_shape[1], ph:ph + x_shape[2], pw:pw + x_shape[3]]
 
 
 depthwise_conv3d.defvjp(_depthwise_fwd, _depthwise_bwd)

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from maskfeat_jax.models import maxpool
 from maskfeat_jax.models.arch import LN_EPS, ArchSpec, BlockSpec
 from maskfeat_jax.models.depthwise import depthwise_conv3d
 
@@ -201,8 +202,8 @@ def _pad(kernel):
 
 
 def max_pool3d(kernel, stride):
-  """nn.MaxPool3d(kernel, stride, kernel // 2): pads with -inf."""
-  return lambda x: nn.max_pool(x, tuple(kernel), tuple(stride), padding=_pad(kernel))
+  """nn.MaxPool3d(kernel, stride, kernel // 2): pads with -inf (models/maxpool.py: a cheaper backward)."""
+  return lambda x: maxpool.max_pool3d(x, tuple(kernel), tuple(stride))
 
 
 def avg_pool3d(kernel, stride):

@@ -1,11 +1,12 @@
-"""models/depthwise.py's hand-written backward and models/layers.py's folded attention, against JAX
-autodiff of reference formulations."""
+"""models/depthwise.py's and models/maxpool.py's hand-written backwards and models/layers.py's folded
+attention, against JAX autodiff of reference formulations."""
 import jax
 import jax.numpy as jnp
+import flax.linen as nn
 import numpy as np
 import pytest
 
-from maskfeat_jax.models import depthwise, layers
+from maskfeat_jax.models import depthwise, layers, maxpool
 
 
 def _grouped_conv(x, kernel, stride):
@@ -50,6 +51,40 @@ def test_depthwise_conv_bf16_gradients_keep_dtypes():
   assert gx.dtype == jnp.bfloat16 and gk.dtype == jnp.bfloat16
   gk32 = jax.grad(lambda b: jnp.sum(_grouped_conv(x.astype(jnp.float32), b, (1, 2, 2))))(kernel.astype(jnp.float32))
   np.testing.assert_allclose(gk.astype(jnp.float32), gk32, rtol=2e-2, atol=2e-2 * float(jnp.abs(gk32).max()))
+
+
+@pytest.mark.parametrize("shape,kernel_size,stride", [
+    ((2, 4, 9, 9, 5), (1, 3, 3), (1, 2, 2)),    # MViT's skip pooling at a stage transition
+    ((1, 5, 7, 9, 3), (3, 3, 3), (1, 1, 1)),
+    ((1, 6, 9, 10, 3), (3, 3, 3), (2, 2, 2)),   # sizes the stride does not divide
+    ((2, 4, 7, 7, 4), (1, 3, 3), (1, 4, 4)),    # stride larger than the kernel
+    ((1, 2, 5, 5, 2), (1, 1, 1), (1, 1, 1)),
+])
+def test_max_pool_forward_and_gradient_match_flax(shape, kernel_size, stride):
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.standard_normal(shape, np.float32))  # continuous values: no ties
+  pads = tuple((k // 2, k // 2) for k in kernel_size)
+  ref = lambda a: nn.max_pool(a, kernel_size, stride, padding=pads)
+  ours = lambda a: maxpool.max_pool3d(a, kernel_size, stride)
+  np.testing.assert_array_equal(jax.jit(ours)(x), ref(x))
+  weights = jnp.asarray(rng.standard_normal(ref(x).shape, np.float32))
+  g = jax.jit(jax.grad(lambda a: jnp.sum(jnp.sin(ours(a)) * weights)))(x)
+  g_ref = jax.grad(lambda a: jnp.sum(jnp.sin(ref(a)) * weights))(x)
+  np.testing.assert_allclose(g, g_ref, rtol=1e-6, atol=1e-6)
+
+
+def test_max_pool_ties_go_to_the_first_tap_as_torch():
+  # A constant input: every window ties. Each output's gradient goes to its first tap in (t, h, w) order
+  # (PyTorch's max_pool3d backward), i.e. the window's top-left in-bounds input; the rest get none.
+  x = jnp.ones((1, 1, 4, 4, 1), jnp.float32)
+  g = jax.grad(lambda a: jnp.sum(maxpool.max_pool3d(a, (1, 3, 3), (1, 2, 2))))(x)
+  want = np.zeros((4, 4), np.float32)
+  for oh in range(2):
+    for ow in range(2):  # window rows/cols 2*o-1 .. 2*o+1, clipped to the image
+      want[max(2 * oh - 1, 0), max(2 * ow - 1, 0)] += 1
+  np.testing.assert_array_equal(np.asarray(g)[0, 0, :, :, 0], want)
+  assert jax.grad(lambda a: jnp.sum(maxpool.max_pool3d(a, (1, 3, 3), (1, 2, 2)).astype(jnp.float32)))(
+      x.astype(jnp.bfloat16)).dtype == jnp.bfloat16
 
 
 def _reference_attention(q, k, v, scale, has_cls, q_shape, k_shape, **tables):
