@@ -17,17 +17,21 @@ writes out the complete resolved tree. Sections are owned by the module that rea
   probe      -> maskfeat_jax.eval.probe    (linear probe)
 
 `validate(config, ...)` runs before anything is compiled (main, run, the demo's phases): mode and model
-type, input and mask shapes against the model (models.arch), batch divisibility, augmentation strings. It
+type, input and mask shapes against the model (models.arch), batch divisibility, augmentation strings, temporal
+sampling and label flipping. It
 imports no JAX: the caller passes the mesh shape and process count it knows.
 """
 import copy
 import importlib.util
 import math
 import pathlib
+import re
 
 import ml_collections
 
 from maskfeat_jax.data import augment
+from maskfeat_jax.data import label_flip
+from maskfeat_jax.data import transforms
 from maskfeat_jax.models import arch
 from maskfeat_jax.models import layouts
 
@@ -92,6 +96,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.eval_split = "test"
   c.data.image_mode = False  # True: image datasets (`image`, `label`) for image MaskFeat
   c.data.num_frames = 16
+  # Temporal sampling (data/transforms.py): 'stride' = num_frames at sampling_rate (Kinetics loader);
+  # 'segments' = the whole video in num_frames equal segments, one frame each (SSv2 loader: random in
+  # training, the middle in testing, so eval.num_clips must be 1; sampling_rate / target_fps unused).
+  c.data.sampling = "stride"
   c.data.sampling_rate = 4
   c.data.target_fps = 30.0
   c.data.crop_size = 224
@@ -100,6 +108,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.rrc_scale = (0.5, 1.0)
   c.data.rrc_aspect = (0.75, 1.3333)
   c.data.random_flip = True
+  # Fine-tuning: the class a flipped clip becomes (data/label_flip.py): '' = none, 'left_right' = from the
+  # class names, or a JSON file of class pairs. SSv2 (left/right in its labels) may flip only with a map.
+  c.data.label_flip_map = ""
+  # Short-side jitter drawn as 1 / U(1/max, 1/min) (official DATA.INV_UNIFORM_SAMPLE; the SSv2 configs).
+  c.data.jitter_inverse_uniform = False
   c.data.test_short_side = 256
   c.data.num_workers = 2  # Grain worker processes per JAX process (0 = in-process)
   c.data.prefetch_buffer_size = 4
@@ -298,6 +311,42 @@ def validate(config, *, mesh_shape: dict | None = None, process_count: int = 1, 
   if model_from_config and config.mode != "demo":
     check_input_shapes(config)
   check_augment(config.augment)
+  check_sampling(config)
+
+
+# Dataset names taken for Something-Something v2 (labels with left/right: no flip without a label-flip map).
+_SSV2_NAME = re.compile(r"ssv2|something.?something", re.IGNORECASE)
+
+
+def check_sampling(config) -> None:
+  """Temporal sampling and flipping (data/transforms.py, data/label_flip.py) before any data worker runs."""
+  d = config.data
+  if d.sampling not in transforms.SAMPLINGS:
+    raise ValueError(f"config.data.sampling={d.sampling!r}: expected one of {transforms.SAMPLINGS}.")
+  if d.sampling == "segments":
+    # slowfast/datasets/ssv2.py::Ssv2.get_seq_frames takes the middle frame of every segment for every test clip:
+    # more than one clip would repeat the same view.
+    views = []
+    if config.mode in ("finetune", "eval"):
+      views.append(("config.eval.num_clips", config.eval.num_clips))
+    if config.mode == "probe" or (config.mode == "pretrain" and config.eval_every_steps > 0):
+      views.append(("config.probe.num_clips", config.probe.num_clips))
+    for key, value in views:
+      if int(value) != 1:
+        raise ValueError(f"{key}={value}: config.data.sampling='segments' has one test clip (the middle frame of "
+                         f"each segment, as slowfast/datasets/ssv2.py); set {key}=1 (crops: config.eval.num_crops).")
+  if d.label_flip_map:
+    if d.image_mode:
+      raise ValueError(f"config.data.label_flip_map={d.label_flip_map!r} is for video datasets; "
+                       "config.data.image_mode=True.")
+    if not d.random_flip:
+      raise ValueError(f"config.data.label_flip_map={d.label_flip_map!r} but config.data.random_flip=False: "
+                       "nothing is flipped; set config.data.random_flip=True or config.data.label_flip_map=''.")
+    label_flip.check_flip_map(str(d.label_flip_map))
+  elif config.mode == "finetune" and d.random_flip and _SSV2_NAME.search(str(d.name)):
+    raise ValueError(f"config.data.random_flip=True on {d.name!r}: Something-Something labels name left/right, "
+                     "so a flipped clip shows another class; set config.data.random_flip=False (the official SSv2 "
+                     "recipe) or config.data.label_flip_map='left_right' (or a JSON file of class pairs).")
 
 
 def check_input_shapes(config) -> arch.IOShapes:

@@ -1,7 +1,7 @@
 """Building blocks shared by the official recipe configs in `configs/`.
 
 Each config file (one per dataset x stage: `k400_pretrain.py`, `k400_finetune.py`, `in1k_pretrain.py`,
-`in1k_finetune.py`) keeps its optimiser, schedule and model values written out per size, each with its
+`in1k_finetune.py`, `ssv2_finetune.py`) keeps its optimiser, schedule and model values written out per size, each with its
 official SlowFast YAML file named (`tests/test_configs.py` checks them); what is the same across the
 Kinetics or the ImageNet recipes lives here once: the loaders, the fine-tuning augmentation, the `,local`
 variants and the parsing of the `SIZE[,local]` argument.
@@ -37,6 +37,26 @@ def kinetics_clips(c, rrc_scale, num_sample: int = 1) -> None:
   d.random_flip = True
   d.test_short_side = 256
   d.num_sample = num_sample
+
+
+def ssv2_clips(c, num_frames: int, crop: int, jitter_scales: tuple[int, int]) -> None:
+  """Something-Something v2 loader (`slowfast/datasets/ssv2.py`, configs/SSv2/MVITv2_*.yaml): one frame from each
+  of num_frames equal segments, short-side jitter drawn inverse-uniformly (INV_UNIFORM_SAMPLE) + random crop, no
+  flip (RANDOM_FLIP False: left/right is in the labels); test: short side = crop size, 1 clip x 3 crops."""
+  d = c.data
+  d.name = "ssv2"
+  d.train_split, d.eval_split = "train", "validation"
+  d.sampling = "segments"
+  d.num_frames, d.sampling_rate, d.target_fps = num_frames, 1, 30.0  # rate / fps: unused by segments
+  d.crop_size = crop
+  d.train_jitter_scales = jitter_scales
+  d.jitter_inverse_uniform = True
+  d.use_random_resized_crop = False  # no TRAIN_JITTER_SCALES_RELATIVE in the SSv2 configs
+  d.random_flip = False
+  d.label_flip_map = ""
+  d.test_short_side = crop  # Ssv2.__getitem__ test mode: min_scale = max_scale = crop_size = TEST_CROP_SIZE
+  d.num_sample = 1
+  c.eval.num_clips, c.eval.num_crops = 1, 3
 
 
 def imagenet_images(c, rrc_scale) -> None:
@@ -88,6 +108,22 @@ def kinetics_local(c, model: str) -> None:
   d.train_jitter_scales = (64, 80)
   d.test_short_side = 64
   d.num_workers = 0
+  _local_schedule(c, batch_size=8, total_steps=300, warmup_steps=30)
+
+
+def ssv2_local(c, model: str) -> None:
+  """SSv2 `,local`: the tiny MViT layout `model` on synthetic_motion (its classes are directions of motion,
+  so like SSv2 it is not flipped), 16 segments at 64², 1 clip x 3 crops at short side 64, batch 8, 300 steps."""
+  c.model = layouts.get_model_config(model)
+  d = c.data
+  d.name = "synthetic_motion"
+  d.eval_split = "test"
+  d.num_frames = 16  # the tiny layout's input (L's 40 frames would not fit it)
+  d.crop_size = 64
+  d.train_jitter_scales = (64, 80)
+  d.test_short_side = 64
+  d.num_workers = 0
+  c.eval.batch_size = 12  # 4 videos x 3 crops
   _local_schedule(c, batch_size=8, total_steps=300, warmup_steps=30)
 
 

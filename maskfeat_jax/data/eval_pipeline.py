@@ -1,7 +1,8 @@
 """The evaluation input pipeline: every view (clip x crop) of every example of a split, in finite batches.
 
 Every example of the split yields num_clips x num_crops views (`slowfast/datasets/kinetics.py` test mode:
-uniformly spaced temporal clips, left/centre/right or top/centre/bottom crops at the test short side);
+uniformly spaced temporal clips, left/centre/right or top/centre/bottom crops at the test short side; with
+config.data.sampling='segments' the one clip of `slowfast/datasets/ssv2.py`, the middle frame of each segment);
 process p takes examples p, p + P, ...; batches are padded to full size (`valid` = False) and every process
 yields the same number of batches (collectives stay in step). A record that cannot be read yields invalid
 views, counted and logged. Dataset, clip spec and record reading are shared with the train pipeline
@@ -18,7 +19,8 @@ from PIL import Image
 
 from maskfeat_jax.data import storage
 from maskfeat_jax.data import transforms
-from maskfeat_jax.data.pipeline import ClipSpec, Failures, Records, clip_spec, decode_frames, load_meta, read_options
+from maskfeat_jax.data.pipeline import (ClipSpec, Failures, Records, clip_indices, clip_spec, decode_frames,
+                                        load_meta, read_options)
 
 
 class _EvalMap:
@@ -50,9 +52,7 @@ def _video_eval(spec: ClipSpec, record: bytes):
   parsed = storage.parse_video_record(record)
   frames = parsed["frames"]
   crops = transforms.spatial_indices(spec.num_crops)
-  index_sets = [transforms.temporal_indices(len(frames), parsed["fps"], spec.num_frames, spec.sampling_rate,
-                                            spec.target_fps, clip_idx=k, num_clips=spec.num_clips)
-                for k in range(spec.num_clips)]
+  index_sets = [clip_indices(spec, len(frames), parsed["fps"], clip_idx=k) for k in range(spec.num_clips)]
   decoded = decode_frames(frames, np.concatenate(index_sets))
   views = []
   for k in range(spec.num_clips):  # view = clip_idx * num_crops + crop position (official order)

@@ -36,6 +36,7 @@ from PIL import Image
 
 from maskfeat_jax import paths
 from maskfeat_jax.data import augment
+from maskfeat_jax.data import label_flip
 from maskfeat_jax.data import masking
 from maskfeat_jax.data import storage
 from maskfeat_jax.data import synthetic
@@ -94,6 +95,7 @@ class ClipSpec:
   split: str
   image_mode: bool
   num_frames: int
+  sampling: str  # 'stride' | 'segments' (config.data.sampling; data/transforms.py)
   sampling_rate: int
   target_fps: float
   crop_size: int
@@ -102,6 +104,10 @@ class ClipSpec:
   rrc_aspect: tuple[float, float]
   jitter_scales: tuple[int, int]
   random_flip: bool
+  jitter_inverse_uniform: bool
+  # Fine-tuning with config.data.label_flip_map: the label after a flip of every class (-1 = never flipped);
+  # () = flipped clips keep their label.
+  label_flip: tuple[int, ...]
   test_short_side: int
   num_sample: int
   num_clips: int
@@ -119,9 +125,17 @@ def clip_spec(config, split: str, train: bool) -> ClipSpec:
   d = config.data
   pretrain = train and config.mode == "pretrain"
   finetune_aug = train and config.mode != "pretrain"
+  # The map names classes: resolved against the dataset's class names (a bad name fails here, before compiling).
+  flip = label_flip.flip_table(str(d.label_flip_map), load_meta(config).class_names) \
+      if finetune_aug and d.label_flip_map else ()
+  if d.sampling == "segments" and not train and int(config.eval.num_clips) != 1:
+    # Here, not per record: a record-level error would only be logged as an unreadable record.
+    raise ValueError(f"config.data.sampling='segments' has one test clip (slowfast/datasets/ssv2.py); "
+                     f"config.eval.num_clips={config.eval.num_clips} must be 1.")
   return ClipSpec(
       seed=int(config.seed), split=split, image_mode=bool(d.image_mode), num_frames=int(d.num_frames),
-      sampling_rate=int(d.sampling_rate), target_fps=float(d.target_fps), crop_size=int(d.crop_size),
+      sampling=str(d.sampling), sampling_rate=int(d.sampling_rate), target_fps=float(d.target_fps),
+      crop_size=int(d.crop_size), jitter_inverse_uniform=bool(d.jitter_inverse_uniform), label_flip=flip,
       use_rrc=bool(d.use_random_resized_crop), rrc_scale=tuple(float(x) for x in d.rrc_scale),
       rrc_aspect=tuple(float(x) for x in d.rrc_aspect), jitter_scales=tuple(int(x) for x in d.train_jitter_scales),
       random_flip=bool(d.random_flip), test_short_side=int(d.test_short_side), num_sample=int(d.num_sample),
@@ -133,6 +147,17 @@ def clip_spec(config, split: str, train: bool) -> ClipSpec:
       erase_prob=float(config.augment.erase_prob) if finetune_aug else 0.0,
       pixel_mean=tuple(float(x) for x in config.model.pixel_mean),
       pixel_std=tuple(float(x) for x in config.model.pixel_std))
+
+
+def clip_indices(spec: ClipSpec, video_size: int, fps: float, *, rng: np.random.Generator | None = None,
+                 clip_idx: int = -1) -> np.ndarray:
+  """Frame indices of one clip: random (clip_idx -1, with rng) or test clip clip_idx of spec.num_clips."""
+  if spec.sampling == "segments":
+    if clip_idx >= 0 and spec.num_clips != 1:
+      raise ValueError(f"config.data.sampling='segments' has one test clip; config.eval.num_clips={spec.num_clips}")
+    return transforms.segment_indices(video_size, spec.num_frames, rng=rng if clip_idx == -1 else None)
+  return transforms.temporal_indices(video_size, fps, spec.num_frames, spec.sampling_rate, spec.target_fps,
+                                     rng=rng, clip_idx=clip_idx, num_clips=spec.num_clips if clip_idx >= 0 else 1)
 
 
 class Records:
@@ -283,19 +308,23 @@ def _augment(spec: ClipSpec, x: np.ndarray, rng: np.random.Generator) -> np.ndar
 def _video_train(spec: ClipSpec, record: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
   parsed = storage.parse_video_record(record)
   frames = parsed["frames"]
-  index_sets = [transforms.temporal_indices(len(frames), parsed["fps"], spec.num_frames, spec.sampling_rate,
-                                            spec.target_fps, rng=rng) for _ in range(spec.num_sample)]
+  index_sets = [clip_indices(spec, len(frames), parsed["fps"], rng=rng) for _ in range(spec.num_sample)]
   # Repeated sampling: the frames of all clips are decoded once.
   all_indices = np.concatenate(index_sets)
   decoded = decode_frames(frames, all_indices)
-  clips = []
+  label = int(parsed["label"])
+  # With a label-flip map a flipped clip takes the mirrored class; a class without a mirror is never flipped.
+  can_flip = spec.random_flip and (not spec.label_flip or spec.label_flip[label] >= 0)
+  clips, labels = [], []
   for k in range(spec.num_sample):
     clip = decoded[k * spec.num_frames:(k + 1) * spec.num_frames]
-    clip = transforms.train_spatial(clip, rng, crop_size=spec.crop_size, use_rrc=spec.use_rrc,
-                                    rrc_scale=spec.rrc_scale, rrc_aspect=spec.rrc_aspect,
-                                    jitter_scales=spec.jitter_scales, random_flip=spec.random_flip)
+    clip, flipped = transforms.train_spatial(clip, rng, crop_size=spec.crop_size, use_rrc=spec.use_rrc,
+                                             rrc_scale=spec.rrc_scale, rrc_aspect=spec.rrc_aspect,
+                                             jitter_scales=spec.jitter_scales, random_flip=can_flip,
+                                             inverse_uniform=spec.jitter_inverse_uniform, return_flip=True)
     clips.append(_augment(spec, clip, rng))
-  return {"video": np.stack(clips), "label": np.full((spec.num_sample,), parsed["label"], np.int32)}
+    labels.append(spec.label_flip[label] if flipped and spec.label_flip else label)
+  return {"video": np.stack(clips), "label": np.asarray(labels, np.int32)}
 
 
 def _image_train(spec: ClipSpec, record: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:

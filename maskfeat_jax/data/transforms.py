@@ -3,9 +3,12 @@
 Temporal sampling mirrors `slowfast/datasets/decoder.py::get_start_end_idx` / `temporal_sampling`, spatial
 sampling `slowfast/datasets/utils.py::spatial_sampling` (with the crops of `slowfast/datasets/transform.py`).
 
-Temporal: a clip spans `num_frames * sampling_rate` frames at `target_fps`, i.e. that many seconds' worth of
-source frames; `num_frames` indices are `linspace(start, start + span - 1)` truncated to int and clamped to the
-video. Training draws the start uniformly; testing takes K evenly spaced starts.
+Temporal (`config.data.sampling`): 'stride' (Kinetics) - a clip spans `num_frames * sampling_rate` frames at
+`target_fps`, i.e. that many seconds' worth of source frames; `num_frames` indices are
+`linspace(start, start + span - 1)` truncated to int and clamped to the video. Training draws the start uniformly;
+testing takes K evenly spaced starts. 'segments' (Something-Something v2, `slowfast/datasets/ssv2.py::Ssv2.
+get_seq_frames`) - the whole video is cut into `num_frames` equal segments and one frame is taken from each: a
+random one in training, the middle one in testing (so testing has exactly one temporal clip).
 
 Spatial: random-resized-crop (10 tries, centre fallback) or short-side jitter + random crop in training; short-side
 resize + centre / 3 crops in testing; resizing is bilinear with align_corners=False (torch's `interpolate`), done
@@ -60,6 +63,30 @@ def temporal_indices(video_size: int, source_fps: float, num_frames: int, sampli
   span = clip_span(num_frames, sampling_rate, target_fps, source_fps)
   start = clip_start(video_size, span, clip_idx, num_clips, rng)
   return clip_indices(video_size, start, span, num_frames)
+
+
+SAMPLINGS = ("stride", "segments")
+
+
+def segment_indices(video_size: int, num_frames: int, *, rng: np.random.Generator | None = None) -> np.ndarray:
+  """One frame from each of `num_frames` equal segments of the whole video (the SSv2 loader).
+
+  As `slowfast/datasets/ssv2.py::Ssv2.get_seq_frames`: segment i spans [round(i s), round((i + 1) s)] with
+  s = (video_size - 1) / num_frames (np.round, half to even; both ends inclusive, so neighbouring segments
+  share their boundary frame); with an rng (training) a uniform frame of the segment (`random.randint`,
+  inclusive), without one (testing) the middle `(start + end) // 2`. A video shorter than num_frames repeats
+  frames; every index is within [0, video_size - 1].
+  """
+  if video_size <= 0:
+    raise ValueError("video has no frames")
+  if num_frames <= 0:
+    raise ValueError(f"num_frames must be positive, got {num_frames}")
+  seg_size = float(video_size - 1) / num_frames
+  bounds = np.round(seg_size * np.arange(num_frames + 1)).astype(np.int64)
+  start, end = bounds[:-1], bounds[1:]
+  if rng is None:
+    return (start + end) // 2
+  return rng.integers(start, end + 1).astype(np.int64)
 
 
 # ----------------------------------------------------------------------------------------------- crop boxes
@@ -189,21 +216,31 @@ def resize_crop(frames: np.ndarray, resized_hw: tuple[int, int], offset: tuple[i
 # ----------------------------------------------------------------------------------------------- clip level
 def train_spatial(frames: np.ndarray, rng: np.random.Generator, *, crop_size: int, use_rrc: bool,
                   rrc_scale: Sequence[float], rrc_aspect: Sequence[float], jitter_scales: Sequence[int],
-                  random_flip: bool) -> np.ndarray:
-  """Training crop of a clip (or image) [..., H, W, 3]: RRC or short-side jitter + random crop, then flip."""
+                  random_flip: bool, inverse_uniform: bool = False, return_flip: bool = False):
+  """Training crop of a clip (or image) [..., H, W, 3]: RRC or short-side jitter + random crop, then flip.
+
+  inverse_uniform: the jittered short side is 1 / U(1 / max, 1 / min) (official INV_UNIFORM_SAMPLE, used by the
+  SSv2 configs) instead of U(min, max). return_flip: also return whether the clip was flipped (a label-flip map
+  swaps the label of flipped clips, data/pipeline.py).
+  """
   h, w = frames.shape[-3], frames.shape[-2]
   if use_rrc:
     box = random_resized_crop_box(h, w, rrc_scale, rrc_aspect, rng)
     flip = bool(random_flip and rng.random() < 0.5)
-    return crop_resize(frames, box, crop_size, flip)
-  short = int(round(rng.uniform(jitter_scales[0], jitter_scales[1])))
+    out = crop_resize(frames, box, crop_size, flip)
+    return (out, flip) if return_flip else out
+  if inverse_uniform:  # `slowfast/datasets/transform.py::random_short_side_scale_jitter`
+    short = int(round(1.0 / rng.uniform(1.0 / jitter_scales[1], 1.0 / jitter_scales[0])))
+  else:
+    short = int(round(rng.uniform(jitter_scales[0], jitter_scales[1])))
   if short < crop_size:
     raise ValueError(f"config.data.train_jitter_scales {tuple(jitter_scales)} must be >= crop_size {crop_size}")
   rh, rw = short_side_size(h, w, short)
   y = int(rng.integers(0, rh - crop_size + 1))
   x = int(rng.integers(0, rw - crop_size + 1))
   flip = bool(random_flip and rng.random() < 0.5)
-  return resize_crop(frames, (rh, rw), (y, x), crop_size, flip)
+  out = resize_crop(frames, (rh, rw), (y, x), crop_size, flip)
+  return (out, flip) if return_flip else out
 
 
 def test_spatial(frames: np.ndarray, *, short_side: int, crop_size: int, spatial_idx: int) -> np.ndarray:
