@@ -195,6 +195,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.probe.eval_split = ""  # '' = data.eval_split
   c.probe.num_clips = 1  # feature views per example (deterministic eval views, averaged)
   c.probe.num_crops = 1
+
+  # ---- detection (AVA v2.2: data/ava.py, models/detection.py, eval/ava_eval.py) ----
+  c.detection = ml_collections.ConfigDict()
+  # Boxes per clip, padded with a validity mask so shapes stay static under jit (more: the first ones kept).
+  c.detection.max_boxes = 16
+  c.detection.train_box_jitter = 0.0  # std of the training boxes' coordinates, in box sizes (0 = off)
+  c.detection.score_thresh = 0.8  # test boxes: person-detector score >= this (official AVA DETECTION_SCORE_THRESH)
+  c.detection.groundtruth_csv = ""  # eval ground truth: '' = the records' boxes; else the official ava_val_v2.2.csv
+  c.detection.exclusions_csv = ""  # ava_val_excluded_timestamps_v2.2.csv ('' = none beyond the converter's)
   return c
 
 
@@ -224,6 +233,7 @@ def load_config(spec: str, lock: bool = True) -> ml_collections.ConfigDict:
 MODES = ("pretrain", "finetune", "eval", "probe", "demo")
 # The model type each mode runs (probe: either; demo: per phase).
 MODE_MODEL_TYPE = {"pretrain": "maskfeat", "finetune": "classifier", "eval": "classifier"}
+DETECTION_MODES = ("finetune", "eval")  # modes a 'detection' model (AVA) runs in instead of a classifier
 
 
 def input_key(config) -> str:
@@ -234,6 +244,8 @@ def input_key(config) -> str:
 def step_keys(config) -> tuple[str, ...]:
   """Batch entries the train step reads."""
   key = input_key(config)
+  if config.model.type == "detection":
+    return (key, "boxes", "box_mask", "box_labels")
   return (key, "mask") if config.model.type == "maskfeat" else (key, "label")
 
 
@@ -297,7 +309,7 @@ def validate(config, *, mesh_shape: dict | None = None, process_count: int = 1, 
   if config.mode not in MODES:
     raise ValueError(f"config.mode={config.mode!r}: expected one of {MODES}.")
   want = MODE_MODEL_TYPE.get(config.mode)
-  if want and config.model.type != want:
+  if want and config.model.type != want and not (config.model.type == "detection" and config.mode in DETECTION_MODES):
     raise ValueError(f"config.mode={config.mode!r} needs config.model.type={want!r}, got "
                      f"{config.model.type!r}; use a config whose model is a {want!r} layout (models/layouts.py, e.g. "
                      f"c.model = layouts.get_model_config(...) in the config file).")
@@ -310,6 +322,8 @@ def validate(config, *, mesh_shape: dict | None = None, process_count: int = 1, 
     check_batch(config, config.eval.batch_size, "config.eval.batch_size", mesh_shape, process_count)
   if model_from_config and config.mode != "demo":
     check_input_shapes(config)
+  if config.model.type == "detection" and model_from_config:
+    check_detection(config)
   check_augment(config.augment)
   check_sampling(config)
 
@@ -372,6 +386,21 @@ def check_augment(a) -> None:
     augment.parse_rand_augment_spec(str(a.randaug), int(a.randaug_num_layers), tuple(a.randaug_ops))
   if not 0.0 <= float(a.erase_prob) <= 1.0:
     raise ValueError(f"config.augment.erase_prob={a.erase_prob}: expected a probability in [0, 1].")
+
+
+def check_detection(config) -> None:
+  """The detector's feature stride vs config.model.roi_scale_factor, and the box settings."""
+  m, d = config.model, config.detection
+  spec = arch.model_spec(m)
+  grid_h = spec.blocks[-1].q_thw[1]
+  if int(m.roi_scale_factor) * grid_h != int(spec.input_size[1]):
+    raise ValueError(f"config.model.roi_scale_factor={m.roi_scale_factor} but the last block's map is {grid_h} cells "
+                     f"high for a {spec.input_size[1]}-pixel input (stride {spec.input_size[1] / grid_h:g}); set "
+                     f"config.model.roi_scale_factor={spec.input_size[1] // grid_h}.")
+  if int(d.max_boxes) < 1:
+    raise ValueError(f"config.detection.max_boxes={d.max_boxes}: need at least 1.")
+  if not 0.0 <= float(d.score_thresh) <= 1.0:
+    raise ValueError(f"config.detection.score_thresh={d.score_thresh}: expected a score in [0, 1].")
 
 
 def locked_copy(config) -> ml_collections.ConfigDict:

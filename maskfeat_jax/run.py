@@ -20,8 +20,10 @@ from maskfeat_jax import config as config_lib
 from maskfeat_jax import demo
 from maskfeat_jax import sharding
 from maskfeat_jax.checkpoints import init as init_lib
+from maskfeat_jax.data import ava
 from maskfeat_jax.data import pipeline
 from maskfeat_jax.data import splits
+from maskfeat_jax.eval import ava_eval
 from maskfeat_jax.eval import multiview
 from maskfeat_jax.eval import probe
 from maskfeat_jax.models import factory
@@ -49,7 +51,7 @@ class _Prepared:
 
 def _with_num_classes(config, info):
   """A locked copy of config with model.num_classes from the dataset when a classifier leaves it at 0."""
-  if config.model.type != "classifier" or config.model.num_classes > 0:
+  if config.model.type not in ("classifier", "detection") or config.model.num_classes > 0:
     return config
   n = getattr(info, "num_classes", None)
   if not n:
@@ -88,11 +90,18 @@ def check_splits(config, dataset) -> None:
       raise ValueError(f"{key}={split!r}: {e}") from None
 
 
+def _dataset_info(config):
+  """The dataset's description: AVA (a 'detection' model, data/ava.py) or a classification dataset."""
+  if config.model.type == "detection":
+    return ava.load_meta(config)
+  return pipeline.prepare_dataset(config)
+
+
 def prepare(config, parts: Components | None = None) -> _Prepared:
   """Validates config (before any compilation), finds the dataset, builds the mesh and the model."""
   parts = parts or Components()
   config_lib.validate(config, process_count=jax.process_count(), model_from_config=parts.model is None)
-  info = parts.dataset_info if parts.dataset_info is not None else pipeline.prepare_dataset(config)
+  info = parts.dataset_info if parts.dataset_info is not None else _dataset_info(config)
   check_splits(config, info)
   config = _with_num_classes(config, info)
   mesh = sharding.make_mesh(config.mesh)
@@ -105,6 +114,10 @@ def prepare(config, parts: Components | None = None) -> _Prepared:
 def evaluator_for(config, model, mesh, dataset) -> trainer.Evaluator | None:
   """Fine-tuning: multi-view evaluation on the eval split. Pre-training: the linear probe if asked for."""
   names = getattr(dataset, "class_names", None)
+  if config.model.type == "detection":  # AVA: frame-level mAP of the detected boxes (eval/ava_eval.py)
+    meta = dataset if isinstance(dataset, ava.AvaMeta) else None
+    return lambda params, workdir: ava_eval.evaluate(config, model, params, mesh, config.data.eval_split,
+                                                     workdir=workdir, meta=meta)
   if config.mode == "finetune":
     return lambda params, workdir: multiview.evaluate(config, model, params, mesh, config.data.eval_split,
                                                       workdir=workdir, class_names=names)
@@ -123,7 +136,8 @@ def visualizer_for(config, model, mesh) -> trainer.Visualizer | None:
 def train(config, workdir: str, parts: Components | None = None) -> trainer.TrainResult:
   parts = parts or Components()
   p = prepare(config, parts)
-  make_it = parts.make_train_iterator or pipeline.make_train_iterator
+  make_it = parts.make_train_iterator or (ava.make_train_iterator if p.config.model.type == "detection"
+                                          else pipeline.make_train_iterator)
   return trainer.train(p.config, workdir, model=p.model, dataset=p.dataset, mesh=p.mesh, make_iterator=make_it,
                        evaluator=evaluator_for(p.config, p.model, p.mesh, p.dataset),
                        stop_at_step=parts.stop_at_step, visualizer=visualizer_for(p.config, p.model, p.mesh))
@@ -135,6 +149,8 @@ def _frozen_params(p: _Prepared):
 
 def run_eval(config, workdir: str, parts: Components | None = None) -> dict:
   p = prepare(config, parts)
+  if p.config.model.type == "detection":
+    return evaluator_for(p.config, p.model, p.mesh, p.dataset)(_frozen_params(p), workdir)
   return multiview.evaluate(p.config, p.model, _frozen_params(p), p.mesh, p.config.data.eval_split,
                             workdir=workdir, class_names=getattr(p.dataset, "class_names", None))
 

@@ -37,9 +37,9 @@ import collections
 import csv
 import dataclasses
 import json
-import math
 import os
 import pathlib
+import re
 from typing import Any, Iterator, Sequence
 
 import grain
@@ -48,7 +48,6 @@ from absl import logging
 
 from maskfeat_jax.data import storage
 from maskfeat_jax.data import transforms
-from maskfeat_jax.eval import ava_map
 
 FPS = 30
 OFFICIAL_VALID_SECS = (902, 1798)
@@ -63,6 +62,43 @@ FILES = {
 }
 
 
+# ----------------------------------------------------------------------------------------------- files
+def frame_key(video_id: str, timestamp) -> str:
+  """The official key of a keyframe: "%s,%04d" % (video_id, int(timestamp))."""
+  return "%s,%04d" % (video_id, int(timestamp))
+
+
+def read_labelmap(path: str) -> list[tuple[int, str]]:
+  """The pbtxt label map (`item { name: "..." id: N }` blocks) -> [(id, name)] in file order."""
+  with open(path) as f:
+    text = f.read()
+  items = []
+  for block in re.findall(r"item\s*\{(.*?)\}", text, flags=re.S):
+    name = re.search(r'name:\s*"([^"]*)"', block)
+    ident = re.search(r"(?:label_)?id:\s*(\d+)", block)
+    if not name or not ident:
+      raise ValueError(f"{path}: label-map item without name or id: {block.strip()[:80]!r}")
+    items.append((int(ident.group(1)), name.group(1)))
+  if not items:
+    raise ValueError(f"{path}: no `item {{ name: ... id: ... }}` entries")
+  return items
+
+
+def read_exclusions(path: str | None) -> set[str]:
+  """ava_val_excluded_timestamps_v2.2.csv (video_id, timestamp rows) -> set of frame keys."""
+  if not path:
+    return set()
+  out = set()
+  with open(path) as f:
+    for n, row in enumerate(csv.reader(f), 1):
+      if not row:
+        continue
+      if len(row) != 2:
+        raise ValueError(f"{path}:{n}: expected 2 columns (video_id, timestamp), got {len(row)}: {row}")
+      out.add(frame_key(row[0], row[1]))
+  return out
+
+
 # ----------------------------------------------------------------------------------------------- annotations
 @dataclasses.dataclass
 class Keyframe:
@@ -75,7 +111,7 @@ class Keyframe:
 
   @property
   def key(self) -> str:
-    return ava_map.frame_key(self.video_id, self.timestamp)
+    return frame_key(self.video_id, self.timestamp)
 
 
 def _rows(path: str):
@@ -111,7 +147,7 @@ def read_annotations(gt_csv: str | None, label_map: Sequence[tuple[int, str]], *
     ts = int(row[1])
     if not valid_secs[0] <= ts <= valid_secs[1]:
       return None
-    key = ava_map.frame_key(row[0], ts)
+    key = frame_key(row[0], ts)
     if key in exclusions:
       return None
     meta[key] = (row[0], ts)
@@ -342,8 +378,8 @@ def convert(videos_dir: str, split_annotations: dict[str, dict[str, str | None]]
   converted and skipped.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  label_map = ava_map.read_labelmap(label_map_file)
-  exclusions = ava_map.read_exclusions(exclusions_file)
+  label_map = read_labelmap(label_map_file)
+  exclusions = read_exclusions(exclusions_file)
   feats = features(len(label_map))
   ds_dir = storage.dataset_dir(output_dir, name, version)
   ds_dir.mkdir(parents=True, exist_ok=True)
@@ -577,7 +613,7 @@ def eval_example(spec: Spec, record: bytes, use_detections: bool = True) -> dict
   frame_boxes = frame_boxes[:spec.max_boxes]
   boxes, mask = _pad(crop_boxes(frame_boxes, (h, w), (rh, rw), offset, spec.crop_size, False), spec.max_boxes)
   return {"video": clip, "boxes": boxes, "box_mask": mask, "frame_boxes": frame_boxes,
-          "key": ava_map.frame_key(p["video_id"], p["timestamp"]), "gt_boxes": p["boxes"], "gt_labels": p["labels"]}
+          "key": frame_key(p["video_id"], p["timestamp"]), "gt_boxes": p["boxes"], "gt_labels": p["labels"]}
 
 
 def eval_batches(config, split: str, meta: AvaMeta, batch_size: int, use_detections: bool = True):

@@ -43,6 +43,7 @@ from absl import flags
 from absl import logging
 from tqdm import tqdm
 
+from maskfeat_jax.data import ava
 from maskfeat_jax.data import storage
 from maskfeat_jax.data import worker_pool
 from maskfeat_jax.data.label_files import Item, class_names_for, label_index, read_label_file
@@ -340,6 +341,17 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
+  flags.DEFINE_enum("mode", "videos", ["videos", "ava"],
+                    "videos: classification datasets (label files); ava: AVA v2.2 keyframe clips with boxes "
+                    "(data/ava.py; --videos_dir, --ava_annotations, --output_dir, --name).")
+  flags.DEFINE_string("ava_annotations", "", "AVA: folder with the official CSVs / pbtxt (data/ava.py FILES).")
+  flags.DEFINE_string("ava_det_csv", "", "AVA: person-detector boxes of val (default: "
+                      "ava_annotations/ava_detection_val_boxes_and_labels.csv).")
+  flags.DEFINE_string("ava_synthetic", "", "AVA: write the AVA-like synthetic fixture (movies + annotation files) "
+                      "into this folder and convert it (configs/ava_detection.py:S,local).")
+  flags.DEFINE_integer("num_frames", 16, "AVA: frames per keyframe clip (config.data.num_frames).")
+  flags.DEFINE_integer("sampling_rate", 4, "AVA: clip frame stride on the 30 fps timeline (config.data.sampling_rate).")
+  flags.DEFINE_string("ava_valid_secs", "902,1798", "AVA: first,last keyframe second converted (official 902-1798).")
   flags.DEFINE_string("videos_dir", None, "Folder holding the videos (searched recursively).")
   flags.DEFINE_string("labels", None, "Kinetics CSV, `path,label` list or SSv2 JSON.")
   flags.DEFINE_string("output_dir", None, "TFDS data dir; the dataset goes to OUTPUT_DIR/NAME/VERSION.")
@@ -364,8 +376,38 @@ def define_flags() -> None:
                       "--num_workers processes.")
 
 
+def main_ava() -> int:
+  """--mode=ava: the movies + official annotations (or the synthetic fixture) -> AVA keyframe shards."""
+  if not FLAGS.output_dir or not FLAGS.name:
+    raise app.UsageError("--output_dir and --name are required")
+  first, last = (int(v) for v in FLAGS.ava_valid_secs.split(","))
+  kwargs = dict(num_frames=FLAGS.num_frames, sampling_rate=FLAGS.sampling_rate, short_side=FLAGS.short_side,
+                jpeg_quality=FLAGS.jpeg_quality, valid_secs=(first, last), version=FLAGS.version,
+                progress=FLAGS.progress)
+  output_dir = os.path.expanduser(FLAGS.output_dir)
+  if FLAGS.ava_synthetic:
+    p = ava.write_synthetic(os.path.expanduser(FLAGS.ava_synthetic))
+    kwargs["valid_secs"] = (2, 9)  # the fixture's keyframes
+    videos_dir, annotations = p["videos_dir"], os.path.dirname(p["train"])
+  else:
+    if not FLAGS.videos_dir or not FLAGS.ava_annotations:
+      raise app.UsageError("--mode=ava needs --videos_dir and --ava_annotations (or --ava_synthetic)")
+    videos_dir, annotations = os.path.expanduser(FLAGS.videos_dir), os.path.expanduser(FLAGS.ava_annotations)
+    if not os.path.isdir(videos_dir):
+      raise app.UsageError(f"--videos_dir {videos_dir} is not a directory")
+  report = ava.convert_from_annotation_dir(videos_dir, annotations, output_dir, FLAGS.name,
+                                           det_csv=os.path.expanduser(FLAGS.ava_det_csv), **kwargs)
+  print(f"Converted {report['converted']} keyframes into {report['dataset_dir']}; skipped {report['skipped']} "
+        f"(movies and keyframes listed in {os.path.join(report['dataset_dir'], ava.REPORT_FILE)}).")
+  for split, s in sorted(report["splits"].items()):
+    print(f"  {split}: {s['keyframes']} keyframes in {s['shards']} shards, {s['skipped']} skipped")
+  return 0
+
+
 def main(argv: Sequence[str]) -> int:
   del argv
+  if FLAGS.mode == "ava":
+    return main_ava()
   for flag in ("videos_dir", "labels", "output_dir", "name"):
     if not FLAGS[flag].value:
       raise app.UsageError(f"--{flag} is required")

@@ -23,49 +23,13 @@ import collections
 import csv
 import json
 import os
-import re
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from maskfeat_jax.data.ava import frame_key, read_exclusions, read_labelmap  # noqa: F401 (AVA file formats)
+
 IOU_THRESHOLD = 0.5
-
-
-def frame_key(video_id: str, timestamp) -> str:
-  """The official key of a keyframe: "%s,%04d" % (video_id, int(timestamp))."""
-  return "%s,%04d" % (video_id, int(timestamp))
-
-
-# ----------------------------------------------------------------------------------------------- files
-def read_labelmap(path: str) -> list[tuple[int, str]]:
-  """The pbtxt label map (`item { name: "..." id: N }` blocks) -> [(id, name)] in file order."""
-  with open(path) as f:
-    text = f.read()
-  items = []
-  for block in re.findall(r"item\s*\{(.*?)\}", text, flags=re.S):
-    name = re.search(r'name:\s*"([^"]*)"', block)
-    ident = re.search(r"(?:label_)?id:\s*(\d+)", block)
-    if not name or not ident:
-      raise ValueError(f"{path}: label-map item without name or id: {block.strip()[:80]!r}")
-    items.append((int(ident.group(1)), name.group(1)))
-  if not items:
-    raise ValueError(f"{path}: no `item {{ name: ... id: ... }}` entries")
-  return items
-
-
-def read_exclusions(path: str | None) -> set[str]:
-  """ava_val_excluded_timestamps_v2.2.csv (video_id, timestamp rows) -> set of frame keys."""
-  if not path:
-    return set()
-  out = set()
-  with open(path) as f:
-    for n, row in enumerate(csv.reader(f), 1):
-      if not row:
-        continue
-      if len(row) != 2:
-        raise ValueError(f"{path}:{n}: expected 2 columns (video_id, timestamp), got {len(row)}: {row}")
-      out.add(frame_key(row[0], row[1]))
-  return out
 
 
 def read_boxes_csv(path: str, class_whitelist: Iterable[int] | None = None):

@@ -9,11 +9,13 @@ import numpy as np
 from maskfeat_jax.config import input_key
 from maskfeat_jax.models import arch
 from maskfeat_jax.models.classifier import Classifier
+from maskfeat_jax.models.detection import Detector
 from maskfeat_jax.models.maskfeat import MaskFeat, TargetSpec
 
 
 def build_model(config: Any):
-  """Flax module for config.model.type: 'maskfeat' -> MaskFeat, 'classifier' -> Classifier."""
+  """Flax module for config.model.type: 'maskfeat' -> MaskFeat, 'classifier' -> Classifier, 'detection' ->
+  Detector (AVA: MViT + RoI head)."""
   m = config.model
   if m.type == "maskfeat":
     return MaskFeat(spec=arch.model_spec(m), target=TargetSpec.from_config(config.target),
@@ -25,7 +27,13 @@ def build_model(config: Any):
     return Classifier(spec=arch.model_spec(m), num_classes=int(m.num_classes),
                       use_mean_pooling=bool(m.use_mean_pooling), dropout_rate=float(m.dropout_rate),
                       head_init_scale=float(m.head_init_scale))
-  raise ValueError(f"config.model.type={m.type!r}; expected 'maskfeat' or 'classifier'")
+  if m.type == "detection":
+    if int(m.num_classes) <= 0:
+      raise ValueError(f"config.model.num_classes={m.num_classes}: a detector needs at least one class")
+    return Detector(spec=arch.model_spec(m), num_classes=int(m.num_classes), roi_resolution=int(m.roi_resolution),
+                    roi_scale_factor=float(m.roi_scale_factor), roi_sampling_ratio=int(m.roi_sampling_ratio),
+                    roi_aligned=bool(m.roi_aligned), dropout_rate=float(m.dropout_rate))
+  raise ValueError(f"config.model.type={m.type!r}; expected 'maskfeat', 'classifier' or 'detection'")
 
 
 def example_batch(config: Any, batch_size: int = 1) -> dict:
@@ -35,6 +43,11 @@ def example_batch(config: Any, batch_size: int = 1) -> dict:
          "label": np.zeros((batch_size,), np.int32)}
   if config.model.type == "maskfeat":
     out["mask"] = np.zeros((batch_size,) + shapes.mask_grid, np.uint8)
+  if config.model.type == "detection":  # boxes padded to a static count (models/detection.py)
+    n, k = int(config.detection.max_boxes), int(config.model.num_classes)
+    out["boxes"] = np.zeros((batch_size, n, 4), np.float32)
+    out["box_mask"] = np.zeros((batch_size, n), bool)
+    out["box_labels"] = np.zeros((batch_size, n, k), np.uint8)
   return out
 
 
@@ -42,6 +55,8 @@ def example_inputs(config: Any, batch_size: int = 1) -> tuple:
   """The model's inputs of one batch of zeros, for `model.init` / `jax.eval_shape`: (x,) or (x, mask)."""
   ex = example_batch(config, batch_size)
   x = ex[input_key(config)]
+  if config.model.type == "detection":
+    return (x, ex["boxes"])
   return (x, ex["mask"]) if config.model.type == "maskfeat" else (x,)
 
 

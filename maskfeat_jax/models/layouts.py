@@ -36,7 +36,7 @@ def model_schema() -> ml_collections.ConfigDict:
   """The full key set with neutral defaults (an MViT-S-like layout)."""
   m = ml_collections.ConfigDict()
   m.name = ""
-  m.type = "maskfeat"  # 'maskfeat' (pre-training) | 'classifier' (fine-tuning)
+  m.type = "maskfeat"  # 'maskfeat' (pre-training) | 'classifier' (fine-tuning) | 'detection' (AVA)
   m.num_classes = 0
   m.dtype = "float32"  # compute dtype; params are always float32
   m.remat_policy = "none"  # 'none' | 'full' | 'dots'
@@ -79,6 +79,13 @@ def model_schema() -> ml_collections.ConfigDict:
   m.head_init_scale = 1.0
   m.pretrain_depth = (15,)
   m.pred_loss_weights = ()
+  # Detection (type 'detection', models/detection.py; official DETECTION.* keys): RoIAlign output size
+  # (ROI_XFORM_RESOLUTION), input pixels per feature cell (SPATIAL_SCALE_FACTOR), samples per bin (0 =
+  # adaptive, as the official head) and the half-pixel alignment (ALIGNED).
+  m.roi_resolution = 7
+  m.roi_scale_factor = 16
+  m.roi_sampling_ratio = 0
+  m.roi_aligned = True
   return m
 
 
@@ -127,6 +134,15 @@ def _ft(m, classes, drop_path, head_init_scale=0.001):
   return m
 
 
+def _det(m, classes, drop_path):
+  """AVA detector: the pre-training layout (no Q stride in the last stage: stride-16 map, as the
+  official SPATIAL_SCALE_FACTOR 16), RoI head over `classes`, dropout 0.5 (the AVA configs' DROPOUT_RATE)."""
+  m.type, m.num_classes = "detection", classes
+  m.drop_path_rate = drop_path
+  m.dropout_rate = 0.5
+  return m
+
+
 def _tiny(m):
   """The golden tiny MaskMViT layout (depth 5, width 16) on 16x64² clips: fast on a CPU.
 
@@ -147,6 +163,12 @@ def _build(name: str) -> ml_collections.ConfigDict:
     m = _tiny(m)
     m.pool_q_stride = _q_strides(5, (1, 3, 4))
     return _ft(m, 10, 0.0)
+  if name == "mvit_tiny_det":
+    return _det(_tiny(m), 3, 0.0)
+  if name == "mvit_s_16x4_det":
+    return _det(_mvit(m, embed=96, heads=1, depth=16, stages=(1, 3, 14), q_blocks=(1, 3)), 60, 0.2)
+  if name == "mvit_l_16x4_det":
+    return _det(_mvit(m, embed=144, heads=2, depth=48, stages=(2, 8, 44), q_blocks=(2, 8)), 60, 0.4)
   if name == "maskfeat_mvit_s_16x4_pt":
     return _pt(_mvit(m, embed=96, heads=1, depth=16, stages=(1, 3, 14), q_blocks=(1, 3)))
   if name == "mvit_s_16x4_ft":
@@ -186,6 +208,7 @@ MODEL_NAMES = (
     "maskfeat_mvit_tiny", "mvit_tiny_ft", "maskfeat_mvit_s_16x4_pt", "mvit_s_16x4_ft",
     "maskfeat_mvit_l_16x4_pt", "mvit_l_16x4_ft", "mvitv2_s_16x4", "mvitv2_b_32x3", "mvitv2_l_40x3",
     "maskfeat_vit_b_pt", "vit_b_ft", "maskfeat_vit_l_pt", "vit_l_ft",
+    "mvit_tiny_det", "mvit_s_16x4_det", "mvit_l_16x4_det",
 )
 
 

@@ -30,3 +30,19 @@ def soft_cross_entropy(logits: jax.Array, soft_targets: jax.Array, reduction: st
   if reduction == "none":
     return losses
   raise ValueError(f"soft_cross_entropy: reduction={reduction!r}, expected 'mean' or 'none'.")
+
+
+def masked_sigmoid_bce(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
+  """AVA detection loss: binary cross-entropy of sigmoid(logits) [B, N, K] against multi-hot targets, averaged
+  over the classes and the valid boxes (mask [B, N]; padded boxes count nothing), float32.
+
+  The official `LOSS_FUNC: bce` (torch BCELoss, mean) on the head's sigmoid over the boxes of a batch, which
+  has no padding: the mean over valid boxes is the same number.
+  """
+  if logits.shape != targets.shape or logits.shape[:2] != mask.shape:
+    raise ValueError(f"masked_sigmoid_bce: logits {logits.shape}, targets {targets.shape}, mask {mask.shape} "
+                     "must be [B, N, K], [B, N, K], [B, N].")
+  x, z = logits.astype(jnp.float32), targets.astype(jnp.float32)
+  per_box = jnp.mean(jnp.maximum(x, 0.0) - x * z + jnp.log1p(jnp.exp(-jnp.abs(x))), axis=-1)  # stable BCE
+  m = mask.astype(jnp.float32)
+  return jnp.sum(per_box * m) / jnp.maximum(jnp.sum(m), 1.0)

@@ -50,10 +50,22 @@ def finetune_loss_fn(model, key: str, num_classes: int, augment) -> LossFn:
   return loss_fn
 
 
+def detection_loss_fn(model, key: str) -> LossFn:
+  """AVA: BCE of the RoI head's sigmoid outputs on the ground-truth boxes (losses.masked_sigmoid_bce)."""
+
+  def loss_fn(params, batch, rng):
+    logits = model.apply({"params": params}, batch[key], batch["boxes"], train=True, rngs={"dropout": rng})
+    loss = losses.masked_sigmoid_bce(logits, batch["box_labels"], batch["box_mask"])
+    return loss, {"boxes_per_clip": jnp.mean(jnp.sum(batch["box_mask"].astype(jnp.float32), axis=-1))}
+  return loss_fn
+
+
 def loss_fn_for(config, model) -> LossFn:
-  """The loss of config.model.type: 'maskfeat' -> pre-training, 'classifier' -> fine-tuning."""
+  """The loss of config.model.type: 'maskfeat' -> pre-training, 'classifier' -> fine-tuning, 'detection' -> AVA."""
   if config.model.type == "maskfeat":
     return pretrain_loss_fn(model, input_key(config))
+  if config.model.type == "detection":
+    return detection_loss_fn(model, input_key(config))
   return finetune_loss_fn(model, input_key(config), int(config.model.num_classes), config.augment)
 
 
