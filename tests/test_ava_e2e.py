@@ -5,12 +5,18 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from maskfeat_jax import config as config_lib
 from maskfeat_jax import run
+from maskfeat_jax.checkpoints import transfer
 from maskfeat_jax.eval import ava_map
+from maskfeat_jax.models import factory
+from maskfeat_jax.models import layouts
+from maskfeat_jax.train import losses
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12
@@ -75,3 +81,24 @@ def test_roi_scale_factor_must_match_the_feature_stride():
   c.model.roi_scale_factor = 32
   with pytest.raises(ValueError, match=r"config.model.roi_scale_factor=32 .* set config.model.roi_scale_factor=16"):
     config_lib.validate(c)
+
+
+def test_masked_bce_ignores_padded_boxes():
+  logits = jnp.asarray([[[2.0, -1.0], [50.0, -50.0]]])
+  targets = jnp.asarray([[[1, 0], [0, 1]]], jnp.uint8)  # the padded box would cost ~50 per class
+  loss = losses.masked_sigmoid_bce(logits, targets, jnp.asarray([[True, False]]))
+  want = np.mean([np.log1p(np.exp(-2.0)), np.log1p(np.exp(-1.0))])
+  assert float(loss) == pytest.approx(want, rel=1e-6)
+
+
+def test_maskfeat_pretraining_params_initialise_the_detector():
+  """config.init_from of a MaskFeat pre-training (ours or the official .pyth) fills the detector's backbone."""
+  pt = config_lib.base_config()
+  pt.model = layouts.get_model_config("maskfeat_mvit_tiny")
+  det = config_lib.load_config("configs/ava_detection.py:S,local", lock=False)
+  zeros = lambda tree, v: jax.tree.map(lambda s: np.full(s.shape, v, s.dtype), tree)  # noqa: E731
+  pt_params = zeros(factory.param_shapes(pt), 1.0)
+  det_params = zeros(factory.param_shapes(det), 0.0)
+  merged = transfer.pretrain_to_finetune(pt_params, det_params)
+  assert np.all(merged["blocks_4"]["mlp"]["fc1"]["kernel"] == 1.0)
+  assert np.all(merged["head"]["projection"]["kernel"] == 0.0) and merged["head"]["projection"]["kernel"].shape[-1] == 3
