@@ -286,13 +286,17 @@ def _resized(width: int, height: int, short_side: int) -> tuple[int, int]:
 
 
 def movie_records(path: str, keyframes: Sequence[Keyframe], serialize, *, num_frames: int, sampling_rate: int,
-                  short_side: int, jpeg_quality: int = 90) -> Iterator[tuple[str, Any]]:
+                  short_side: int, jpeg_quality: int = 90, time_offset: float = 0.0) -> Iterator[tuple[str, Any]]:
   """Decodes one movie once (from just before its first clip) and yields ('ok', record) per keyframe in time
-  order, ('skip', (key, reason)) for keyframes past the decoded end. Raises for an unreadable movie."""
+  order, ('skip', (key, reason)) for keyframes past the decoded end. Raises for an unreadable movie.
+
+  time_offset: movie time of the file's start (0 for the full movies; 900 for the official 15-minute cuts
+  `ffmpeg -ss 900 -t 901`), subtracted from the CSV timestamps.
+  """
   import av  # pylint: disable=g-import-not-at-top
   targets = []  # (time, keyframe index, slot)
   for k, kf in enumerate(keyframes):
-    for slot, t in enumerate(clip_times(kf.timestamp, num_frames, sampling_rate)):
+    for slot, t in enumerate(clip_times(kf.timestamp - time_offset, num_frames, sampling_rate)):
       targets.append((float(t), k, slot))
   targets.sort()
   slots: dict[int, list] = collections.defaultdict(lambda: [None] * num_frames)
@@ -348,7 +352,7 @@ def movie_records(path: str, keyframes: Sequence[Keyframe], serialize, *, num_fr
     # Targets after the last frame: the last frame (the official clamp to the movie), unless the clip's
     # keyframe itself lies beyond the decoded end (a truncated movie): that keyframe is skipped.
     for _, k, slot in targets[pos:]:
-      if keyframes[k].timestamp <= last_t + 1.0:
+      if keyframes[k].timestamp - time_offset <= last_t + 1.0:
         fill(k, slot, jpeg(prev))
   yield from ready()
   for k, kf in enumerate(keyframes):
@@ -371,7 +375,7 @@ def convert(videos_dir: str, split_annotations: dict[str, dict[str, str | None]]
             output_dir: str, name: str, *, exclusions_file: str | None = None, num_frames: int = 16,
             sampling_rate: int = 4, short_side: int = 320, jpeg_quality: int = 90,
             valid_secs: tuple[int, int] = OFFICIAL_VALID_SECS, version: str = storage.DEFAULT_VERSION,
-            progress: bool = False) -> dict:
+            progress: bool = False, time_offset: float = 0.0) -> dict:
   """Converts the splits ({split: {'gt': csv, 'det': csv or None}}) into OUTPUT_DIR/NAME/VERSION.
 
   One shard per converted movie and split. Returns (and writes as conversion_report.json) what was
@@ -413,7 +417,7 @@ def convert(videos_dir: str, split_annotations: dict[str, dict[str, str | None]]
       try:
         for status, payload in movie_records(path, kfs, serialize, num_frames=num_frames,
                                              sampling_rate=sampling_rate, short_side=short_side,
-                                             jpeg_quality=jpeg_quality):
+                                             jpeg_quality=jpeg_quality, time_offset=time_offset):
           if status == "ok":
             writer.write(payload)
           else:
@@ -448,7 +452,7 @@ def convert(videos_dir: str, split_annotations: dict[str, dict[str, str | None]]
                                      check_data=False, description="AVA v2.2 keyframe clips (maskfeat_jax)")
   (ds_dir / META_FILE).write_text(json.dumps({
       "label_map": label_map, "num_frames": num_frames, "sampling_rate": sampling_rate, "fps": FPS,
-      "short_side": short_side, "valid_secs": list(valid_secs)}, indent=1))
+      "short_side": short_side, "valid_secs": list(valid_secs), "time_offset": time_offset}, indent=1))
   (ds_dir / REPORT_FILE).write_text(json.dumps(report, indent=1))
   report["converted"] = sum(s["keyframes"] for s in report["splits"].values())
   report["skipped"] = sum(s["skipped"] for s in report["splits"].values())

@@ -352,6 +352,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("num_frames", 16, "AVA: frames per keyframe clip (config.data.num_frames).")
   flags.DEFINE_integer("sampling_rate", 4, "AVA: clip frame stride on the 30 fps timeline (config.data.sampling_rate).")
   flags.DEFINE_string("ava_valid_secs", "902,1798", "AVA: first,last keyframe second converted (official 902-1798).")
+  flags.DEFINE_float("ava_time_offset", 0.0, "AVA: movie time at which the files start: 0 for the full movies, "
+                     "900 for the official 15-minute cuts (ffmpeg -ss 900 -t 901).")
   flags.DEFINE_string("videos_dir", None, "Folder holding the videos (searched recursively).")
   flags.DEFINE_string("labels", None, "Kinetics CSV, `path,label` list or SSv2 JSON.")
   flags.DEFINE_string("output_dir", None, "TFDS data dir; the dataset goes to OUTPUT_DIR/NAME/VERSION.")
@@ -383,7 +385,7 @@ def main_ava() -> int:
   first, last = (int(v) for v in FLAGS.ava_valid_secs.split(","))
   kwargs = dict(num_frames=FLAGS.num_frames, sampling_rate=FLAGS.sampling_rate, short_side=FLAGS.short_side,
                 jpeg_quality=FLAGS.jpeg_quality, valid_secs=(first, last), version=FLAGS.version,
-                progress=FLAGS.progress)
+                progress=FLAGS.progress, time_offset=FLAGS.ava_time_offset)
   output_dir = os.path.expanduser(FLAGS.output_dir)
   if FLAGS.ava_synthetic:
     p = ava.write_synthetic(os.path.expanduser(FLAGS.ava_synthetic))

@@ -112,3 +112,18 @@ def test_eval_example_uses_detections_above_the_threshold(converted):
 def test_missing_annotation_file_is_named(tmp_path):
   with pytest.raises(FileNotFoundError, match="ava_train_v2.2.csv"):
     ava.convert_from_annotation_dir(str(tmp_path), str(tmp_path), str(tmp_path / "o"), "x")
+
+
+def test_time_offset_reads_cut_movies_on_the_movie_timeline(converted):
+  """A keyframe at movie time t in a file starting at movie time o is read at file time t - o."""
+  paths, _, _ = converted
+  movie = f"{paths['videos_dir']}/train_a.mp4"
+  empty = np.zeros((0, 4), np.float32)
+
+  def frames(ts, offset):
+    kf = ava.Keyframe("train_a", ts, empty, np.zeros((0, 3), np.uint8), empty, np.zeros((0,), np.float32))
+    (status, got), = ava.movie_records(movie, [kf], lambda _, f: f, num_frames=NUM_FRAMES, sampling_rate=RATE,
+                                      short_side=80, time_offset=offset)
+    assert status == "ok"
+    return got
+  assert frames(903, 900.0) == frames(3, 0.0) != frames(4, 0.0)
