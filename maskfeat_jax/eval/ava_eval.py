@@ -7,8 +7,9 @@ the per-class AP and the mean over the label map's classes. Ground truth: the bo
 (config.detection.groundtruth_csv = '') or the official CSV; excluded timestamps from
 config.detection.exclusions_csv (the converter already left them out of the records).
 
-Every process runs the whole split (the split is small: AVA val is 57k keyframes at most; the batches are
-sharded over the mesh as in training) and returns the same result; process 0 writes
+Every process reads the whole split and places its block of each global batch's rows on its devices (the forward
+is sharded over the mesh as in training, the scores gathered to all); every process returns the same result;
+process 0 writes
 WORKDIR/eval_<split>/{ava_map.json, detections.csv}.
 """
 from __future__ import annotations
@@ -42,8 +43,11 @@ def make_forward(config, model, mesh):
   jitted = compiler.jit(fwd, platform=mesh.devices.flat[0].platform, out_shardings=replicated)
 
   def run(variables, batch):
+    """batch: the global batch (every process reads all of it); each process places its block of rows."""
     shardings = sharding.batch_shardings(config, mesh, {k: np.shape(batch[k]) for k in KEYS})
-    placed = sharding.place_batch(batch, KEYS, shardings)
+    rows = len(batch[KEYS[0]]) // jax.process_count()
+    start = jax.process_index() * rows
+    placed = sharding.place_batch({k: batch[k][start:start + rows] for k in KEYS}, KEYS, shardings)
     with sharding.config_mesh_context(config, mesh):
       return np.asarray(jitted(variables, *(placed[k] for k in KEYS)))
   return run
