@@ -13,6 +13,7 @@ import dataclasses
 import os
 from typing import Any, Callable
 
+from flax import linen as nn
 import jax
 import ml_collections
 
@@ -155,9 +156,20 @@ def run_eval(config, workdir: str, parts: Components | None = None) -> dict:
                             workdir=workdir, class_names=getattr(p.dataset, "class_names", None))
 
 
-def run_probe(config, workdir: str, parts: Components | None = None) -> dict:
+def _initial_params(p: _Prepared):
+  """The model's params at its random init: the ones `trainer.train` starts from with this config's seed."""
+  shardings = trainer.param_shardings(p.config, p.model, p.mesh)
+  init_key, _ = jax.random.split(jax.random.PRNGKey(p.config.seed))  # as train.state.create_train_state
+  init = trainer.init_params_fn(p.config, p.model)
+  with sharding.mesh_context(p.mesh, config_lib.logical_rules(p.config)):
+    return jax.jit(lambda k: nn.unbox(init(k)), out_shardings=shardings)(init_key)
+
+
+def run_probe(config, workdir: str, parts: Components | None = None, random_init: bool = False) -> dict:
+  """Linear probe of config.init_from, or (random_init, the demo's baseline) of the model's random init."""
   p = prepare(config, parts)
-  return probe.linear_probe(p.config, p.model, _frozen_params(p), p.mesh, workdir=workdir)
+  params = _initial_params(p) if random_init else _frozen_params(p)
+  return probe.linear_probe(p.config, p.model, params, p.mesh, workdir=workdir)
 
 
 def _check_phase(config, parts: Components) -> None:
@@ -190,5 +202,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, parts: Components | Non
   if mode == "demo":
     # The demo runs its phases through `train` (passed in: demo.py needs nothing of this module).
     return demo.run_demo(config, workdir, train_phase=lambda c, d: train(c, d, parts),
-                         check=lambda c: _check_phase(c, parts or Components()))
+                         check=lambda c: _check_phase(c, parts or Components()),
+                         probe_phase=lambda c, d: run_probe(c, d, parts, random_init=not c.init_from))
   raise ValueError(f"config.mode={mode!r}: expected one of {config_lib.MODES}.")

@@ -40,9 +40,12 @@ from maskfeat_jax.data import label_flip
 from maskfeat_jax.data import masking
 from maskfeat_jax.data import storage
 from maskfeat_jax.data import synthetic
+from maskfeat_jax.data import synthetic_shapes
 from maskfeat_jax.data import transforms
 
 SYNTHETIC_NAME = "synthetic_motion"
+# The embedded procedural datasets, generated into data_dir on first use: name -> generate(data_dir).
+GENERATED = {synthetic.NAME: synthetic.generate, synthetic_shapes.NAME: synthetic_shapes.generate}
 _MAX_FAILURES_WITHOUT_SUCCESS = 16  # consecutive unreadable records, with none readable, before giving up
 
 
@@ -60,10 +63,10 @@ class DatasetInfo:
 # ----------------------------------------------------------------------------------------------- dataset
 def load_meta(config) -> storage.DatasetMeta:
   data = config.data
-  if data.name == SYNTHETIC_NAME and not paths.is_remote(data.data_dir):
+  if data.name in GENERATED and not paths.is_remote(data.data_dir):
     # Always this code's version (generated on first use): an older cached copy holds other content and
     # must not be picked up as the "newest". (On a bucket: read as uploaded there, like any dataset.)
-    ds_dir = synthetic.generate(data.data_dir)
+    ds_dir = GENERATED[data.name](data.data_dir)
   else:
     ds_dir = storage.find_dataset_dir(data.data_dir, data.name)
   if ds_dir is None:
