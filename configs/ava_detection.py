@@ -20,9 +20,9 @@ What does not: MaskFeat's AVA fine-tuning config is not released (SlowFast's con
 only), so the optimiser values below are this project's, not verified against the paper's 39.8 mAP:
 the K400 fine-tuning recipe's AdamW (0.9, 0.999), weight decay 0.05, layer decay (S 0.75, L 0.875), clipping
 5.0, cosine schedule, with 30 epochs and 5 warmup epochs (the schedule length of the MViT AVA runs), base lr
-1e-4 per 64 clips, drop path S 0.2 / L 0.4. Testing resizes the short side to 224 and scores the centre
-crop (MViT's position tables fix the input size; the official AVA test feeds the whole short-side-256
-frame): boxes outside the crop are scored from their clipped part.
+1e-4 per 64 clips, drop path S 0.2 / L 0.4. Testing resizes the short side to 224 and scores each box in
+the one of 3 crops (left / centre / right, together the whole frame) that shows most of it: MViT's position
+tables fix the input size, where the official AVA test feeds the whole short-side-256 frame at once.
 
 `,local`: the recipe on the tiny MViT (16x64², 3 classes) and the AVA-like synthetic fixture
 (`build_shards --mode=ava --ava_synthetic=DIR`, dataset 'ava_synthetic'), batch 4, 60 steps.
@@ -62,7 +62,8 @@ def get_config(arg=None):
   o.clip_grad_norm = 5.0
   o.layer_decay = r["layer_decay"]
   o.zero_wd_1d, o.zero_wd_pos_cls = True, False
-  c.eval.num_clips, c.eval.num_crops, c.eval.batch_size = 1, 1, 16
+  # 3 crops (left / centre / right) cover a 16:9 frame; each box is scored in the one showing most of it.
+  c.eval.num_clips, c.eval.num_crops, c.eval.batch_size = 1, 3, 48
   if local:
     c.model = layouts.get_model_config("mvit_tiny_det")
     d.name = "ava_synthetic"
@@ -77,5 +78,5 @@ def get_config(arg=None):
     o.base_lr = 1e-3  # per 64 clips as above: 6.25e-5 at batch 4
     c.log_every_steps = 10
     c.checkpoint_every_steps = 100
-    c.eval.batch_size = 4
+    c.eval.batch_size = 12
   return c

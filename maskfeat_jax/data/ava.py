@@ -598,42 +598,68 @@ def make_train_iterator(config, *, process_index: int = 0, process_count: int = 
   return iter(it)
 
 
-def eval_example(spec: Spec, record: bytes, use_detections: bool = True) -> dict[str, Any]:
-  """One test clip: short side = crop size, centre crop; the detector's boxes above the score threshold
-  (or the ground-truth boxes) as the model's boxes, in crop coordinates, and in frame coordinates for the
-  detections written out."""
+def visible_fraction(boxes: np.ndarray, resized_hw: tuple[int, int], offset: tuple[int, int], crop: int) -> np.ndarray:
+  """Share of each normalised frame box's area inside the crop (0 for a degenerate box)."""
+  rh, rw = resized_hw
+  b = boxes.astype(np.float64) * np.asarray([rw, rh, rw, rh])
+  area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+  y0, x0 = offset
+  iw = np.clip(np.minimum(b[:, 2], x0 + crop) - np.maximum(b[:, 0], x0), 0.0, None)
+  ih = np.clip(np.minimum(b[:, 3], y0 + crop) - np.maximum(b[:, 1], y0), 0.0, None)
+  return np.where(area > 0, iw * ih / np.where(area > 0, area, 1.0), 0.0)
+
+
+def eval_example(spec: Spec, record: bytes, use_detections: bool = True, num_crops: int = 3) -> dict[str, Any]:
+  """One test keyframe: short side = crop size, `num_crops` crops (1: centre; 3: the official left / centre /
+  right `uniform_crop`s, which together cover a 16:9 frame); the detector's boxes above the score threshold (or
+  the ground-truth boxes), in every crop's coordinates, each box assigned to the crop that shows the largest
+  share of it (its scores are read from that crop: the model needs a fixed input size, so the whole frame is
+  covered by crops instead of being fed at once as the official test does)."""
   from maskfeat_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   p = parse_record(record, spec.num_classes)
   frames = pipeline.decode_frames(p["frames"], np.arange(len(p["frames"])))
   h, w = frames.shape[1:3]
   rh, rw = transforms.short_side_size(h, w, spec.crop_size)
-  offset = transforms.uniform_crop_offset(rh, rw, spec.crop_size, 1)
-  clip = transforms.resize_crop(frames, (rh, rw), offset, spec.crop_size)
   if use_detections:
-    keep = p["det_scores"] >= spec.score_thresh
-    frame_boxes = p["det_boxes"][keep]
+    frame_boxes = p["det_boxes"][p["det_scores"] >= spec.score_thresh]
   else:
     frame_boxes = p["boxes"]
   frame_boxes = frame_boxes[:spec.max_boxes]
-  boxes, mask = _pad(crop_boxes(frame_boxes, (h, w), (rh, rw), offset, spec.crop_size, False), spec.max_boxes)
-  return {"video": clip, "boxes": boxes, "box_mask": mask, "frame_boxes": frame_boxes,
-          "key": frame_key(p["video_id"], p["timestamp"]), "gt_boxes": p["boxes"], "gt_labels": p["labels"]}
+  # Centre first so that a tie (a box fully inside two crops) goes to the centre crop.
+  order = sorted(transforms.spatial_indices(num_crops), key=lambda i: (i != 1, i))
+  clips, boxes, masks, fractions = [], [], [], []
+  for idx in order:
+    offset = transforms.uniform_crop_offset(rh, rw, spec.crop_size, idx)
+    clips.append(transforms.resize_crop(frames, (rh, rw), offset, spec.crop_size))
+    b, m = _pad(crop_boxes(frame_boxes, (h, w), (rh, rw), offset, spec.crop_size, False), spec.max_boxes)
+    boxes.append(b)
+    masks.append(m)
+    fractions.append(visible_fraction(frame_boxes, (rh, rw), offset, spec.crop_size))
+  assign = np.argmax(np.stack(fractions), axis=0) if len(frame_boxes) else np.zeros((0,), np.int64)
+  return {"video": np.stack(clips), "boxes": np.stack(boxes), "box_mask": np.stack(masks), "crop_of_box": assign,
+          "frame_boxes": frame_boxes, "key": frame_key(p["video_id"], p["timestamp"]), "gt_boxes": p["boxes"],
+          "gt_labels": p["labels"]}
 
 
 def eval_batches(config, split: str, meta: AvaMeta, batch_size: int, use_detections: bool = True):
-  """Every keyframe of `split` in order, batched and padded (pad rows have an all-False box_mask)."""
+  """Every keyframe of `split` in order: batches of batch_size rows = keyframes x crops (config.eval.num_crops),
+  padded (pad rows have an all-False box_mask); yields (arrays, per-keyframe items)."""
   spec = spec_for(config, meta)
+  crops = int(config.eval.num_crops)
+  if batch_size % crops:
+    raise ValueError(f"config.eval.batch_size={batch_size} must be a multiple of config.eval.num_crops={crops} "
+                     "(every keyframe's crops go in one batch).")
   if split not in meta.split_files:
     raise ValueError(f"config.data.eval_split={split!r}: {meta.directory} has splits {sorted(meta.split_files)}")
   source = storage.open_source(meta.split_files[split])
-  n = len(source)
-  for start in range(0, n, batch_size):
-    items = [eval_example(spec, source[i], use_detections) for i in range(start, min(n, start + batch_size))]
-    pad = batch_size - len(items)
-    video = np.stack([e["video"] for e in items] + [np.zeros_like(items[0]["video"])] * pad)
-    boxes = np.stack([e["boxes"] for e in items] + [np.zeros_like(items[0]["boxes"])] * pad)
-    mask = np.stack([e["box_mask"] for e in items] + [np.zeros_like(items[0]["box_mask"])] * pad)
-    yield {"video": video, "boxes": boxes, "box_mask": mask}, items
+  n, per_batch = len(source), batch_size // crops
+  for start in range(0, n, per_batch):
+    items = [eval_example(spec, source[i], use_detections, crops) for i in range(start, min(n, start + per_batch))]
+    pad = per_batch - len(items)
+
+    def stack(key):
+      return np.concatenate([e[key] for e in items] + [np.zeros_like(items[0][key])] * pad)
+    yield {"video": stack("video"), "boxes": stack("boxes"), "box_mask": stack("box_mask")}, items
 
 
 # ----------------------------------------------------------------------------------------------- fixture

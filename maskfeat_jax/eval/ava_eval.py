@@ -2,7 +2,8 @@
 
 As the official test (`slowfast/utils/ava_eval_helper.py::evaluate_ava` over the outputs of
 `tools/test_net.py` with `DETECTION.ENABLE`): the model scores the person detector's boxes above
-config.detection.score_thresh; every (box, class) pair becomes one scored detection; eval/ava_map.py computes
+config.detection.score_thresh (each box in the config.eval.num_crops crop that shows most of it,
+data/ava.py::eval_example); every (box, class) pair becomes one scored detection; eval/ava_map.py computes
 the per-class AP and the mean over the label map's classes. Ground truth: the boxes stored in the records
 (config.detection.groundtruth_csv = '') or the official CSV; excluded timestamps from
 config.detection.exclusions_csv (the converter already left them out of the records).
@@ -79,15 +80,17 @@ def evaluate(config, model, params, mesh, split: str, workdir: str | None = None
   detections, gt = {}, {}
   t0 = time.perf_counter()
   num_boxes = 0
+  crops = int(config.eval.num_crops)
   for arrays, items in ava.eval_batches(config, split, meta, batch, use_detections):
-    scores = forward(variables, arrays)
+    scores = forward(variables, arrays)  # [keyframes x crops, N, K]
+    scores = scores.reshape((-1, crops) + scores.shape[1:])
     for row, item in enumerate(items):
       gt[item["key"]] = (item["gt_boxes"], item["gt_labels"])
       n = len(item["frame_boxes"])
       if n == 0:
         continue
       num_boxes += n
-      s = scores[row, :n]  # [n, K]
+      s = scores[row, item["crop_of_box"], np.arange(n)]  # each box's [K] scores from its crop
       detections[item["key"]] = (np.repeat(item["frame_boxes"], len(class_ids), axis=0),
                                  np.tile(np.asarray(class_ids), n), s.reshape(-1))
   seconds = time.perf_counter() - t0

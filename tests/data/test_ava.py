@@ -103,10 +103,24 @@ def test_eval_example_uses_detections_above_the_threshold(converted):
   _, _, meta = converted
   record = ava.storage.open_source(meta.split_files["val"])[0]
   spec = ava.spec_for(_config(meta, max_boxes=6), meta)
-  ex = ava.eval_example(spec, record)
+  ex = ava.eval_example(spec, record, num_crops=3)
   p = ava.parse_record(record, meta.num_classes)
-  assert len(ex["frame_boxes"]) == int(np.sum(p["det_scores"] >= 0.8)) == int(ex["box_mask"].sum())
-  assert ex["video"].shape == (NUM_FRAMES, 64, 64, 3) and ex["key"] == "val_a,0002"
+  n = int(np.sum(p["det_scores"] >= 0.8))
+  assert len(ex["frame_boxes"]) == n and ex["box_mask"].shape == (3, 6) and int(ex["box_mask"][0].sum()) == n
+  assert ex["video"].shape == (3, NUM_FRAMES, 64, 64, 3) and ex["key"] == "val_a,0002"
+  # Each box's crop shows at least as much of it as any other crop; the crops' order is centre, left, right.
+  # 80 x 107 stored frames at short side 64 -> 64 x 85: crops at x = 11 (centre), 0 (left), 21 (right)
+  for i, (x1, _, x2, _) in enumerate(ex["frame_boxes"]):
+    shown = [ava.visible_fraction(ex["frame_boxes"][i:i + 1], (64, 85), (0, x0), 64)[0] for x0 in (11, 0, 21)]
+    assert shown[ex["crop_of_box"][i]] == pytest.approx(max(shown))
+  assert set(ex["crop_of_box"]) <= {0, 1, 2}
+
+
+def test_side_crops_cover_what_the_centre_crop_cuts():
+  boxes = np.asarray([[0.0, 0.1, 0.1, 0.9], [0.45, 0.1, 0.55, 0.9], [0.9, 0.1, 1.0, 0.9]])
+  fractions = [ava.visible_fraction(boxes, (64, 114), (0, x0), 64) for x0 in (25, 0, 50)]  # centre, left, right
+  np.testing.assert_allclose(np.argmax(np.stack(fractions), axis=0), [1, 0, 2])
+  assert fractions[0][0] == 0.0 and fractions[0][2] == 0.0  # the centre crop alone would miss both edge people
 
 
 def test_missing_annotation_file_is_named(tmp_path):
