@@ -54,6 +54,14 @@ def test_ava_tiny_detection_end_to_end(tmp_path):
   assert report["mAP@0.5IOU"] == pytest.approx(np.mean(list(aps.values()))) == pytest.approx(ev["mAP"])
   assert ev["boxes_scored"] == report["boxes_scored"] > 0 and ev["keyframes"] == 7
 
+  # mode=eval of the trained run (restored from its checkpoint) gives the same mAP as the end of training.
+  ce = config_lib.load_config("configs/ava_detection.py:S,local", lock=False)
+  ce.mode, ce.init_from = "eval", str(workdir)
+  ce.data.data_dir, ce.compilation_cache_dir, ce.log.tensorboard = str(out), "", False
+  ce.lock()
+  assert run.run(ce, str(tmp_path / "eval"))["mAP"] == pytest.approx(ev["mAP"], abs=1e-6)
+  assert (tmp_path / "eval" / "eval_val" / "ava_map.json").is_file()
+
   # The same AP from the written detections against the official-format ground-truth CSV and exclusions
   # (the records' ground truth and the converter's exclusion must agree with the files).
   raw = tmp_path / "raw" / "annotations"
