@@ -36,10 +36,12 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import functools
 import json
 import os
 import pathlib
 import re
+import shutil
 from typing import Any, Iterator, Sequence
 
 import grain
@@ -371,73 +373,152 @@ def find_movies(videos_dir: str) -> dict[str, str]:
   return out
 
 
-def convert(videos_dir: str, split_annotations: dict[str, dict[str, str | None]], label_map_file: str,
-            output_dir: str, name: str, *, exclusions_file: str | None = None, num_frames: int = 16,
-            sampling_rate: int = 4, short_side: int = 320, jpeg_quality: int = 90,
-            valid_secs: tuple[int, int] = OFFICIAL_VALID_SECS, version: str = storage.DEFAULT_VERSION,
-            progress: bool = False, time_offset: float = 0.0) -> dict:
-  """Converts the splits ({split: {'gt': csv, 'det': csv or None}}) into OUTPUT_DIR/NAME/VERSION.
+STATE_DIR = ".convert_ava"
 
-  One shard per converted movie and split. Returns (and writes as conversion_report.json) what was
-  converted and skipped.
-  """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  label_map = read_labelmap(label_map_file)
-  exclusions = read_exclusions(exclusions_file)
-  feats = features(len(label_map))
-  ds_dir = storage.dataset_dir(output_dir, name, version)
-  ds_dir.mkdir(parents=True, exist_ok=True)
-  movies = find_movies(videos_dir)
-  report = {"dataset_dir": os.fspath(ds_dir), "splits": {}, "skipped_movies": [], "skipped_keyframes": []}
+
+def _serializer(num_classes: int, sampling_rate: int):
+  feats = features(num_classes)
 
   def serialize(kf: Keyframe, frames):
     return feats.serialize_example(feats.encode_example({
         "video": frames, "video_id": kf.video_id, "timestamp": np.int32(kf.timestamp),
         "fps": np.float32(FPS / sampling_rate), "boxes": kf.boxes, "labels": kf.labels.astype(np.int64),
         "det_boxes": kf.det_boxes, "det_scores": kf.det_scores}))
+  return serialize
 
+
+@dataclasses.dataclass(frozen=True)
+class _MovieJob:
+  split: str
+  video_id: str
+  path: str
+  keyframes: tuple
+  out: str  # the movie's finished shard in STATE_DIR (written atomically)
+
+
+def _convert_movie(job: _MovieJob, opts: dict) -> tuple[str, Any]:
+  """One movie -> its shard of keyframe records: ('ok', {'count', 'skipped'}) or ('skip', reason); never raises
+  for a bad movie (runs in a converter worker process, data/worker_pool.py)."""
+  serialize = _serializer(opts["num_classes"], opts["sampling_rate"])
+  writer = storage.ShardWriter(job.out)
+  skipped = []
+  try:
+    for status, payload in movie_records(job.path, job.keyframes, serialize, num_frames=opts["num_frames"],
+                                         sampling_rate=opts["sampling_rate"], short_side=opts["short_side"],
+                                         jpeg_quality=opts["jpeg_quality"], time_offset=opts["time_offset"]):
+      if status == "ok":
+        writer.write(payload)
+      else:
+        skipped.append({"split": job.split, "key": payload[0], "reason": payload[1]})
+  except Exception as e:  # pylint: disable=broad-except  (a broken movie is reported, never fatal)
+    writer.abort()
+    return "skip", f"broken: {job.path}: {type(e).__name__}: {e}"
+  if writer.count == 0:
+    writer.abort()
+  else:
+    writer.close()
+  return "ok", {"count": writer.count, "skipped": skipped}
+
+
+def _fingerprint(job: _MovieJob, opts: dict) -> str:
+  import hashlib  # pylint: disable=g-import-not-at-top
+  # what the shard depends on: the options, the movie file (path and size) and every keyframe's annotations
+  h = hashlib.sha256(json.dumps({**opts, "movie": job.path, "bytes": os.path.getsize(job.path)},
+                                sort_keys=True).encode())
+  for kf in job.keyframes:
+    h.update(f"{kf.key}|{kf.boxes.tobytes().hex()}|{kf.labels.tobytes().hex()}|{kf.det_boxes.tobytes().hex()}|"
+             f"{kf.det_scores.tobytes().hex()}".encode())
+  return h.hexdigest()
+
+
+def convert(videos_dir: str, split_annotations: dict[str, dict[str, str | None]], label_map_file: str,
+            output_dir: str, name: str, *, exclusions_file: str | None = None, num_frames: int = 16,
+            sampling_rate: int = 4, short_side: int = 320, jpeg_quality: int = 90,
+            valid_secs: tuple[int, int] = OFFICIAL_VALID_SECS, version: str = storage.DEFAULT_VERSION,
+            progress: bool = False, time_offset: float = 0.0, num_workers: int = 0) -> dict:
+  """Converts the splits ({split: {'gt': csv, 'det': csv or None}}) into OUTPUT_DIR/NAME/VERSION.
+
+  Movies convert in `num_workers` processes (0 = this one; a worker that crashes skips only its movie); each
+  movie's finished shard is kept in DS_DIR/.convert_ava/ with a sidecar naming what it holds, so a rerun
+  (after a crash, or with more movies) converts only what is missing. The split's shards are then linked to
+  their final names. Returns (and writes as conversion_report.json) what was converted and skipped.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from maskfeat_jax.data import worker_pool  # pylint: disable=g-import-not-at-top
+  label_map = read_labelmap(label_map_file)
+  exclusions = read_exclusions(exclusions_file)
+  ds_dir = storage.dataset_dir(output_dir, name, version)
+  ds_dir.mkdir(parents=True, exist_ok=True)
+  movies = find_movies(videos_dir)
+  opts = {"num_classes": len(label_map), "num_frames": num_frames, "sampling_rate": sampling_rate,
+          "short_side": short_side, "jpeg_quality": jpeg_quality, "time_offset": float(time_offset)}
+  report = {"dataset_dir": os.fspath(ds_dir), "splits": {}, "skipped_movies": [], "skipped_keyframes": [],
+            "reused_movies": 0}
   split_infos = []
   for split, files in sorted(split_annotations.items()):
     per_movie = read_annotations(files.get("gt"), label_map, det_csv=files.get("det"), exclusions=exclusions,
                                  valid_secs=valid_secs)
-    done_shards = []  # (temporary path, count)
-    skipped = 0
-    for i, video_id in enumerate(sorted(per_movie)):
-      kfs = per_movie[video_id]
-      if progress:
-        print(f"[ava {split}] {i + 1}/{len(per_movie)} {video_id}: {len(kfs)} keyframes", flush=True)
+    state = ds_dir / STATE_DIR / split
+    state.mkdir(parents=True, exist_ok=True)
+    jobs, results, skipped = [], {}, 0
+    for video_id in sorted(per_movie):
+      kfs = tuple(per_movie[video_id])
       path = movies.get(video_id)
       if path is None:
         report["skipped_movies"].append({"split": split, "video_id": video_id, "keyframes": len(kfs),
                                          "reason": f"missing: no {video_id}.<mp4|mkv|webm|...> under {videos_dir}"})
         skipped += len(kfs)
         continue
-      tmp = ds_dir / f".{name}-{split}.{video_id}{storage.TMP_SUFFIX}"
-      writer = storage.ShardWriter(tmp)
-      try:
-        for status, payload in movie_records(path, kfs, serialize, num_frames=num_frames,
-                                             sampling_rate=sampling_rate, short_side=short_side,
-                                             jpeg_quality=jpeg_quality, time_offset=time_offset):
-          if status == "ok":
-            writer.write(payload)
-          else:
-            report["skipped_keyframes"].append({"split": split, "key": payload[0], "reason": payload[1]})
-            skipped += 1
-      except Exception as e:  # pylint: disable=broad-except  (a broken movie is reported, never fatal)
-        writer.abort()
-        logging.warning("AVA: skipping movie %s (%s: %s)", path, type(e).__name__, e)
-        report["skipped_movies"].append({"split": split, "video_id": video_id, "keyframes": len(kfs),
-                                         "reason": f"broken: {path}: {type(e).__name__}: {e}"})
-        skipped += len(kfs)
+      job = _MovieJob(split, video_id, path, kfs, os.fspath(state / f"{video_id}.array_record"))
+      sidecar = state / f"{video_id}.json"
+      if sidecar.is_file():
+        done = json.loads(sidecar.read_text())
+        if done.get("fingerprint") == _fingerprint(job, opts) and (done["count"] == 0 or os.path.isfile(job.out)):
+          results[video_id] = ("ok", done)
+          report["reused_movies"] += 1
+          continue
+      jobs.append(job)
+
+    def finished(job, result):
+      status, payload = result
+      if status == "ok":
+        (state / f"{job.video_id}.json").write_text(json.dumps({**payload, "fingerprint": _fingerprint(job, opts)}))
+      results[job.video_id] = result
+
+    if num_workers > 0 and len(jobs) > 1:
+      pool = worker_pool.CrashSafePool(functools.partial(_convert_movie, opts=opts), jobs, num_workers,
+                                       describe=lambda j: j.path)
+      for job, result in zip(jobs, pool):
+        finished(job, result)
+        if progress:
+          print(f"[ava {split}] {job.video_id}: {result[0]}", flush=True)
+    else:
+      for job in jobs:
+        finished(job, _convert_movie(job, opts))
+        if progress:
+          print(f"[ava {split}] {job.video_id}: {results[job.video_id][0]}", flush=True)
+    done_shards = []
+    for video_id in sorted(results):
+      status, payload = results[video_id]
+      if status != "ok":
+        logging.warning("AVA: skipping movie %s (%s)", movies[video_id], payload)
+        report["skipped_movies"].append({"split": split, "video_id": video_id,
+                                         "keyframes": len(per_movie[video_id]), "reason": payload})
+        skipped += len(per_movie[video_id])
         continue
-      if writer.count == 0:
-        writer.abort()
-        continue
-      writer.close()
-      done_shards.append((tmp, writer.count))
+      report["skipped_keyframes"] += payload["skipped"]
+      skipped += len(payload["skipped"])
+      if payload["count"]:
+        done_shards.append((state / f"{video_id}.array_record", payload["count"]))
     n = len(done_shards)
-    for k, (tmp, _) in enumerate(done_shards):
-      os.replace(tmp, ds_dir / storage.shard_filename(name, split, k, n))
+    for old in ds_dir.glob(f"{name}-{split}.{storage.FILE_FORMAT}-*"):
+      old.unlink()  # shards of an earlier run (their count may differ)
+    for k, (src, _) in enumerate(done_shards):
+      dst = ds_dir / storage.shard_filename(name, split, k, n)
+      try:
+        os.link(src, dst)  # the state copy stays for the next rerun
+      except OSError:
+        shutil.copyfile(src, dst)
     report["splits"][split] = {"keyframes": sum(c for _, c in done_shards), "shards": n, "skipped": skipped}
     if n:
       template = tfds.core.ShardedFileTemplate(data_dir=ds_dir, template=storage.FILENAME_TEMPLATE,
@@ -448,8 +529,9 @@ def convert(videos_dir: str, split_annotations: dict[str, dict[str, str | None]]
           filename_template=template))
   if not split_infos:
     raise ValueError(f"AVA conversion produced no keyframe: {json.dumps(report['skipped_movies'][:3])}")
-  tfds.folder_dataset.write_metadata(data_dir=ds_dir, features=feats, split_infos=split_infos, version=version,
-                                     check_data=False, description="AVA v2.2 keyframe clips (maskfeat_jax)")
+  tfds.folder_dataset.write_metadata(data_dir=ds_dir, features=features(len(label_map)), split_infos=split_infos,
+                                     version=version, check_data=False,
+                                     description="AVA v2.2 keyframe clips (maskfeat_jax)")
   (ds_dir / META_FILE).write_text(json.dumps({
       "label_map": label_map, "num_frames": num_frames, "sampling_rate": sampling_rate, "fps": FPS,
       "short_side": short_side, "valid_secs": list(valid_secs), "time_offset": time_offset}, indent=1))

@@ -385,7 +385,7 @@ def main_ava() -> int:
   first, last = (int(v) for v in FLAGS.ava_valid_secs.split(","))
   kwargs = dict(num_frames=FLAGS.num_frames, sampling_rate=FLAGS.sampling_rate, short_side=FLAGS.short_side,
                 jpeg_quality=FLAGS.jpeg_quality, valid_secs=(first, last), version=FLAGS.version,
-                progress=FLAGS.progress, time_offset=FLAGS.ava_time_offset)
+                progress=FLAGS.progress, time_offset=FLAGS.ava_time_offset, num_workers=FLAGS.num_workers)
   output_dir = os.path.expanduser(FLAGS.output_dir)
   if FLAGS.ava_synthetic:
     p = ava.write_synthetic(os.path.expanduser(FLAGS.ava_synthetic))

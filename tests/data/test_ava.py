@@ -1,5 +1,6 @@
 """AVA conversion (data/ava.py) of a generated AVA-like fixture, and the train / eval readers."""
 import json
+import pathlib
 
 import ml_collections
 import numpy as np
@@ -141,3 +142,17 @@ def test_time_offset_reads_cut_movies_on_the_movie_timeline(converted):
     assert status == "ok"
     return got
   assert frames(903, 900.0) == frames(3, 0.0) != frames(4, 0.0)
+
+
+def test_rerun_reuses_finished_movies(converted, tmp_path):
+  paths, report, meta = converted
+  splits = {"train": {"gt": paths["train"], "det": None},
+            "val": {"gt": paths["val"], "det": paths["val_detections"]}}
+  before = [bytes(ava.storage.open_source(meta.split_files["train"])[i]) for i in range(meta.split_sizes["train"])]
+  again = ava.convert(paths["videos_dir"], splits, paths["label_map"], str(pathlib.Path(report["dataset_dir"]).parents[1]),
+                      "ava_tiny", exclusions_file=paths["exclusions"], num_frames=NUM_FRAMES, sampling_rate=RATE,
+                      short_side=80, valid_secs=(2, 5))
+  assert again["reused_movies"] == 3 and again["splits"] == report["splits"]
+  meta2 = ava.read_meta(again["dataset_dir"])
+  after = [bytes(ava.storage.open_source(meta2.split_files["train"])[i]) for i in range(meta2.split_sizes["train"])]
+  assert after == before
