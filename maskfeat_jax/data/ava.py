@@ -37,6 +37,7 @@ import collections
 import csv
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import pathlib
@@ -48,8 +49,10 @@ import grain
 import numpy as np
 from absl import logging
 
+from maskfeat_jax.data import pipeline
 from maskfeat_jax.data import storage
 from maskfeat_jax.data import transforms
+from maskfeat_jax.data import worker_pool
 
 FPS = 30
 OFFICIAL_VALID_SECS = (902, 1798)
@@ -421,7 +424,6 @@ def _convert_movie(job: _MovieJob, opts: dict) -> tuple[str, Any]:
 
 
 def _fingerprint(job: _MovieJob, opts: dict) -> str:
-  import hashlib  # pylint: disable=g-import-not-at-top
   # what the shard depends on: the options, the movie file (path and size) and every keyframe's annotations
   h = hashlib.sha256(json.dumps({**opts, "movie": job.path, "bytes": os.path.getsize(job.path)},
                                 sort_keys=True).encode())
@@ -444,7 +446,6 @@ def convert(videos_dir: str, split_annotations: dict[str, dict[str, str | None]]
   their final names. Returns (and writes as conversion_report.json) what was converted and skipped.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from maskfeat_jax.data import worker_pool  # pylint: disable=g-import-not-at-top
   label_map = read_labelmap(label_map_file)
   exclusions = read_exclusions(exclusions_file)
   ds_dir = storage.dataset_dir(output_dir, name, version)
@@ -609,7 +610,6 @@ def spec_for(config, meta: AvaMeta) -> Spec:
 
 def train_example(spec: Spec, record: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
   """One training clip: short-side jitter, random crop, flip, boxes moved with them (official AVA train)."""
-  from maskfeat_jax.data import pipeline  # pylint: disable=g-import-not-at-top  (pipeline imports nothing of us)
   p = parse_record(record, spec.num_classes)
   frames = pipeline.decode_frames(p["frames"], np.arange(len(p["frames"])))
   h, w = frames.shape[1:3]
@@ -697,7 +697,6 @@ def eval_example(spec: Spec, record: bytes, use_detections: bool = True, num_cro
   the ground-truth boxes), in every crop's coordinates, each box assigned to the crop that shows the largest
   share of it (its scores are read from that crop: the model needs a fixed input size, so the whole frame is
   covered by crops instead of being fed at once as the official test does)."""
-  from maskfeat_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   p = parse_record(record, spec.num_classes)
   frames = pipeline.decode_frames(p["frames"], np.arange(len(p["frames"])))
   h, w = frames.shape[1:3]
