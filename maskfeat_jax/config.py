@@ -200,6 +200,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.detection = ml_collections.ConfigDict()
   # Boxes per clip, padded with a validity mask so shapes stay static under jit (more: the first ones kept).
   c.detection.max_boxes = 16
+  # Boxes per test clip (the detector's, above score_thresh); more are not scored, and counted in the eval output.
+  c.detection.eval_max_boxes = 32
   c.detection.train_box_jitter = 0.0  # std of the training boxes' coordinates, in box sizes (0 = off)
   c.detection.score_thresh = 0.8  # test boxes: person-detector score >= this (official AVA DETECTION_SCORE_THRESH)
   c.detection.groundtruth_csv = ""  # eval ground truth: '' = the records' boxes; else the official ava_val_v2.2.csv

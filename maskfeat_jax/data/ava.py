@@ -595,6 +595,7 @@ class Spec:
   jitter_scales: tuple[int, int]
   random_flip: bool
   max_boxes: int
+  eval_max_boxes: int
   box_jitter: float
   score_thresh: float
 
@@ -605,6 +606,7 @@ def spec_for(config, meta: AvaMeta) -> Spec:
               crop_size=int(config.data.crop_size),
               jitter_scales=tuple(int(x) for x in config.data.train_jitter_scales),
               random_flip=bool(config.data.random_flip), max_boxes=int(d.max_boxes),
+              eval_max_boxes=int(d.eval_max_boxes),
               box_jitter=float(d.train_box_jitter), score_thresh=float(d.score_thresh))
 
 
@@ -705,21 +707,22 @@ def eval_example(spec: Spec, record: bytes, use_detections: bool = True, num_cro
     frame_boxes = p["det_boxes"][p["det_scores"] >= spec.score_thresh]
   else:
     frame_boxes = p["boxes"]
-  frame_boxes = frame_boxes[:spec.max_boxes]
+  dropped = max(0, len(frame_boxes) - spec.eval_max_boxes)
+  frame_boxes = frame_boxes[:spec.eval_max_boxes]
   # Centre first so that a tie (a box fully inside two crops) goes to the centre crop.
   order = sorted(transforms.spatial_indices(num_crops), key=lambda i: (i != 1, i))
   clips, boxes, masks, fractions = [], [], [], []
   for idx in order:
     offset = transforms.uniform_crop_offset(rh, rw, spec.crop_size, idx)
     clips.append(transforms.resize_crop(frames, (rh, rw), offset, spec.crop_size))
-    b, m = _pad(crop_boxes(frame_boxes, (h, w), (rh, rw), offset, spec.crop_size, False), spec.max_boxes)
+    b, m = _pad(crop_boxes(frame_boxes, (h, w), (rh, rw), offset, spec.crop_size, False), spec.eval_max_boxes)
     boxes.append(b)
     masks.append(m)
     fractions.append(visible_fraction(frame_boxes, (rh, rw), offset, spec.crop_size))
   assign = np.argmax(np.stack(fractions), axis=0) if len(frame_boxes) else np.zeros((0,), np.int64)
   return {"video": np.stack(clips), "boxes": np.stack(boxes), "box_mask": np.stack(masks), "crop_of_box": assign,
           "frame_boxes": frame_boxes, "key": frame_key(p["video_id"], p["timestamp"]), "gt_boxes": p["boxes"],
-          "gt_labels": p["labels"]}
+          "gt_labels": p["labels"], "dropped": dropped}
 
 
 def eval_batches(config, split: str, meta: AvaMeta, batch_size: int, use_detections: bool = True):

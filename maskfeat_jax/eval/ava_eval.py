@@ -79,13 +79,14 @@ def evaluate(config, model, params, mesh, split: str, workdir: str | None = None
   variables = multiview.as_variables(params)
   detections, gt = {}, {}
   t0 = time.perf_counter()
-  num_boxes = 0
+  num_boxes = dropped = 0
   crops = int(config.eval.num_crops)
   for arrays, items in ava.eval_batches(config, split, meta, batch, use_detections):
     scores = forward(variables, arrays)  # [keyframes x crops, N, K]
     scores = scores.reshape((-1, crops) + scores.shape[1:])
     for row, item in enumerate(items):
       gt[item["key"]] = (item["gt_boxes"], item["gt_labels"])
+      dropped += item["dropped"]
       n = len(item["frame_boxes"])
       if n == 0:
         continue
@@ -97,12 +98,17 @@ def evaluate(config, model, params, mesh, split: str, workdir: str | None = None
   excluded = ava_map.read_exclusions(os.path.expanduser(config.detection.exclusions_csv)
                                      if config.detection.exclusions_csv else None)
   result = ava_map.evaluate(_groundtruth(config, gt, class_ids), detections, class_ids, excluded)
-  out = {"mAP": result["mAP"], "keyframes": len(gt), "boxes_scored": num_boxes, "seconds": seconds,
+  out = {"mAP": result["mAP"], "keyframes": len(gt), "boxes_scored": num_boxes, "boxes_not_scored": dropped,
+         "seconds": seconds,
          **{f"AP/{names[c]}": v for c, v in result["per_class"].items()}}
   if verbose:
     print(f"[eval {split}] AVA frame-level mAP@0.5 on {len(gt)} keyframes, {num_boxes} "
           f"{'detected' if use_detections else 'ground-truth'} boxes (score >= {config.detection.score_thresh}):\n"
           + ava_map.format_report(result, names), flush=True)
+    if dropped:
+      print(f"[eval {split}] WARNING: {dropped} boxes beyond config.detection.eval_max_boxes="
+            f"{config.detection.eval_max_boxes} per keyframe were not scored (they count as misses); raise it.",
+            flush=True)
   if workdir and jax.process_index() == 0:
     out_dir = paths.join(workdir, f"eval_{splits.split_tag(split)}")
     paths.makedirs(out_dir)

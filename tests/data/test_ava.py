@@ -72,7 +72,8 @@ def _config(meta, **detection):
       "seed": 0, "batch_size": 2, "data": {"num_frames": NUM_FRAMES, "crop_size": 64, "train_jitter_scales": (64, 80),
                                            "random_flip": True, "shuffle": True, "num_workers": 0,
                                            "train_split": "train", "data_dir": str(meta.directory), "name": meta.name},
-      "detection": {"max_boxes": 4, "train_box_jitter": 0.0, "score_thresh": 0.8, **detection}})
+      "detection": {"max_boxes": 4, "eval_max_boxes": 6, "train_box_jitter": 0.0, "score_thresh": 0.8,
+                    **detection}})
   return c
 
 
@@ -103,7 +104,7 @@ def test_crop_boxes_round_trip():
 def test_eval_example_uses_detections_above_the_threshold(converted):
   _, _, meta = converted
   record = ava.storage.open_source(meta.split_files["val"])[0]
-  spec = ava.spec_for(_config(meta, max_boxes=6), meta)
+  spec = ava.spec_for(_config(meta), meta)
   ex = ava.eval_example(spec, record, num_crops=3)
   p = ava.parse_record(record, meta.num_classes)
   n = int(np.sum(p["det_scores"] >= 0.8))
@@ -156,3 +157,11 @@ def test_rerun_reuses_finished_movies(converted, tmp_path):
   meta2 = ava.read_meta(again["dataset_dir"])
   after = [bytes(ava.storage.open_source(meta2.split_files["train"])[i]) for i in range(meta2.split_sizes["train"])]
   assert after == before
+
+
+def test_eval_boxes_beyond_the_static_count_are_counted(converted):
+  _, _, meta = converted
+  record = ava.storage.open_source(meta.split_files["val"])[0]
+  ex = ava.eval_example(ava.spec_for(_config(meta, eval_max_boxes=2), meta), record, num_crops=1)
+  p = ava.parse_record(record, meta.num_classes)
+  assert len(ex["frame_boxes"]) == 2 and ex["dropped"] == int(np.sum(p["det_scores"] >= 0.8)) - 2 > 0
