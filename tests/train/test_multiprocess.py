@@ -90,11 +90,17 @@ def _kill_tree(pid: int) -> None:
       pass
 
 
+# Lines of the coordination service's shutdown noise: when one process ends early, the other's barrier
+# timeout fills its log with these and would push the first process's own error out of the tail shown.
+_NOISE = ("    @", "[Gloo]", "coordination_service", "Barrier", "barrier", "[type.googleapis.com", "# of tasks",
+          "The first task at", "Some timed out task", "RPC: /xla.coordination", "This suggests that the workers")
+
+
 def _logs(workdir) -> str:
   out = []
   for p in sorted((pathlib.Path(workdir) / "logs").glob("process_*.log")):
-    out.append(f"--- {p.name}\n" + "\n".join(l for l in p.read_text().splitlines()
-                                            if not l.startswith("    @"))[-4000:])
+    lines = [l for l in p.read_text().splitlines() if not l.strip().startswith(_NOISE) and l.strip() != "1"]
+    out.append(f"--- {p.name}\n" + "\n".join(lines)[-4000:])
   return "\n".join(out)
 
 
@@ -140,8 +146,9 @@ def _assert_params_close(got, want, rtol, atol):
 
 
 @pytest.mark.slow
-@pytest.mark.skip(reason="NOT YET PASSING AS A WHOLE (issue 14 open): each check passed in separate runs, the "
-                  "whole test has not finished inside one run and takes >13 min on 2 shared cores")
+@pytest.mark.skip(reason="NOT YET PASSING AS A WHOLE (issue 14 open): a 16-min run on 2 shared cores passed "
+                  "(a)-(d) but failed in the final rerun (process 0 ended while process 1 waited in Orbax's "
+                  "CheckpointManager barrier; cause not yet found)")
 def test_two_processes_train_resume_and_preempt_like_one(tmp_path, cache_dir):
   # 1 process x 4 devices: the reference.
   ref = tmp_path / "one_by_four"
