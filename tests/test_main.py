@@ -102,6 +102,12 @@ def test_demo_tiny_smoke(tmp_path):
     assert 0.0 <= ev["top1"] <= ev["top5"] <= 1.0 and ev["num_examples"] == 160
   assert "MaskFeat pre-training" in p.stdout and "scratch (same budget)" in p.stdout
   assert "initialised from" in p.stdout  # fine-tuning really started from the pre-training checkpoint
+  for init in ("hog", "random_init"):  # linear probes of the pre-trained and of the random-init features
+    pr = res["probe"][init]
+    assert 0.0 <= pr["top1"] <= 1.0 and (pr["num_train"], pr["num_eval"]) == (16, 160)
+    assert (wd / "probe" / init / "probe_test.json").exists()
+  assert res["probe"]["hog"]["top1"] != res["probe"]["random_init"]["top1"] or \
+      res["probe"]["hog"]["final_loss"] != res["probe"]["random_init"]["final_loss"]  # two different models
   for phase in ("pretrain", "finetune", "scratch"):
     assert (wd / phase / "metrics.jsonl").exists() and (wd / phase / "config.json").exists()
     assert any(d.isdigit() for d in os.listdir(wd / phase / "checkpoints"))
