@@ -40,16 +40,18 @@ def targets(config) -> tuple[str, ...]:
 
 
 def phase_config(config, phase: str, init_from: str = "", target: str = ""):
-  """The demo's 'pretrain' / 'finetune' / 'probe' config: the one config + config.demo.<phase> overrides.
+  """The demo's 'pretrain' / 'finetune' / 'scratch' / 'probe' config: the one config + config.demo.<phase> overrides.
 
   A different `model.name` in the overrides first loads that named layout (models/layouts.py: the
   fine-tuning model is a different architecture), then the remaining overrides apply. The result is locked
-  like the config it came from. From scratch is 'finetune' without init_from (same recipe, same budget);
+  like the config it came from. 'scratch' is 'finetune' without init_from (same recipe, same budget);
   'probe' is the pre-training model (its overrides) in mode 'probe' of `init_from` ('' = its random init).
   `target` ('hog' | 'pixel'; '' = config.target.type) sets the pre-training target.
   """
-  if phase not in ("pretrain", "finetune", "probe"):
-    raise ValueError(f"phase_config: phase {phase!r}, expected 'pretrain', 'finetune' or 'probe'.")
+  if phase not in ("pretrain", "finetune", "scratch", "probe"):
+    raise ValueError(f"phase_config: phase {phase!r}, expected 'pretrain', 'finetune', 'scratch' or 'probe'.")
+  if phase == "scratch":
+    phase, init_from = "finetune", ""
   c = locked_copy(config)
   key = "finetune" if phase == "finetune" else "pretrain"
   overrides = config.demo[key]

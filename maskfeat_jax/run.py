@@ -3,7 +3,8 @@
   pretrain / finetune -> train.trainer.train, with an evaluator (multi-view eval / linear probe)
   eval               -> eval.multiview.evaluate of config.init_from
   probe              -> eval.probe.linear_probe of config.init_from
-  demo               -> demo.run_demo (pre-train, fine-tune, evaluate; the same fine-tuning from scratch)
+  demo               -> demo.run_demo (pre-train, probe, fine-tune, evaluate; the same probe and fine-tuning
+                        from a random init)
 
 Every check that needs no compilation (config.validate: mode and model type, input and mask shapes, batch
 divisibility; the dataset and every split the run will read) runs first, with messages that say what to

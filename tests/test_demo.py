@@ -17,6 +17,8 @@ def test_default_protocol_pretrains_on_unlabeled_and_finetunes_on_few_balanced_l
   # The probe: the pre-training model, trained on the same few labels, tested on `test`; '' = random init.
   assert (probe.mode, probe.init_from, probe.model.name, probe.viz_every_steps) == ("probe", "", pt.model.name, 0)
   assert (probe.probe.train_split, probe.probe.eval_split) == ("train", "test")
+  scratch = demo.phase_config(c, "scratch", init_from="/x")  # the baseline: fine-tuning without init_from
+  assert (scratch.mode, scratch.init_from, scratch.total_steps) == ("finetune", "", ft.total_steps)
   for p in (pt, ft, probe):
     config_lib.validate(p)
 
