@@ -116,6 +116,7 @@ def train(config, workdir: str, *, model, dataset, mesh, make_iterator: Callable
   n_params = factory.count_params(state.params)
   iterator = make_iterator(config, process_index=jax.process_index(), process_count=jax.process_count())
 
+  _all_processes_reach("train_state_created")  # the CheckpointManager set-up below is a collective
   ckpt = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints, async_save=config.checkpoint.async_save)
   abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                                 state, shardings)
@@ -138,7 +139,7 @@ def train(config, workdir: str, *, model, dataset, mesh, make_iterator: Callable
         f"(start {start_step}) | batch {config.batch_size} | peak lr {schedule.base_lr:.3e}", flush=True)
 
   compiled, keys, b_shard = _compile(config, model, tx, schedule, shardings, abstract_state, mesh)
-  _all_processes_compiled()
+  _all_processes_reach("train_step_compiled")
   writer = logger.MetricsWriter(
       workdir, total_steps=schedule.total_steps, batch_size=config.batch_size, start_step=start_step,
       primary=primary, tensorboard=config.log.tensorboard, prefix=f"[{config.mode}] ")
@@ -183,21 +184,24 @@ def _compile(config, model, tx, schedule, shardings, abstract_state, mesh):
   return compiled, keys, b_shard
 
 
-def _all_processes_compiled(timeout_s: int = 3600):
-  """Multi-process runs: wait for every process's compilation before the first step's collectives.
+def _all_processes_reach(name: str, timeout_s: int = 3600):
+  """Multi-process runs: wait for every process here before the next cross-process collective.
 
-  Processes may compile minutes apart (one hits the persistent cache, another does not), and on CPU the
-  first collective's gloo set-up gives up after 30 s; a coordination-service barrier waits as long as needed.
+  Processes may compile minutes apart (one hits the persistent cache, another does not: JAX writes cache
+  entries from process 0 only, and another process's key can differ), and on CPU a collective's gloo
+  set-up gives up after 30 s (`Gloo context initialization failed: ... GetKeyValue() timed out`); a
+  coordination-service barrier waits as long as needed. Needed before the first collective after any
+  compilation: Orbax's CheckpointManager set-up (after the train-state init compiled) and the first step.
   """
   if jax.process_count() == 1:
     return
   from jax._src import distributed  # pylint: disable=g-import-not-at-top  (the client jax.distributed made)
-  _BARRIERS[0] += 1  # a barrier id serves once: one per train() call (the demo trains three times)
-  distributed.global_state.client.wait_at_barrier(f"maskfeat_train_step_compiled_{_BARRIERS[0]}",
+  _BARRIERS[name] = _BARRIERS.get(name, 0) + 1  # a barrier id serves once (the demo trains three times)
+  distributed.global_state.client.wait_at_barrier(f"maskfeat_{name}_{_BARRIERS[name]}",
                                                   timeout_in_ms=timeout_s * 1000)
 
 
-_BARRIERS = [0]
+_BARRIERS: dict[str, int] = {}
 
 
 def _window_mean(fetched: list[tuple[int, dict]]) -> dict:
