@@ -30,7 +30,7 @@ from maskfeat_jax import paths
 from maskfeat_jax import visualize as vis
 from maskfeat_jax.checkpoints import orbax as ckpt_lib
 from maskfeat_jax.data import synthetic
-from maskfeat_jax.eval import report
+from maskfeat_jax.eval import ava_map, report
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LIMIT_S = 900  # per run; the 2 cores may be shared with other jobs
@@ -175,6 +175,14 @@ def test_reports_and_pictures_write_to_a_bucket(gcs):
   vis.save_png(fig, "gs://bucket/eval_run/pictures/x.png")
   vis.save_gif(np.zeros((2, 8, 8, 3), np.uint8), "gs://bucket/eval_run/pictures/x.gif")
   assert epath.Path("gs://bucket/eval_run/pictures/x.gif").read_bytes()[:3] == b"GIF"
+  # The AVA evaluation's report and detection CSV (eval/ava_map.py), read back from the bucket.
+  det = {"vid_a,0902": (np.array([[0.1, 0.2, 0.5, 0.9]]), np.array([12]), np.array([0.75]))}
+  ava_map.write_detections_csv("gs://bucket/eval_run/eval_val/detections.csv", det)
+  back = ava_map.read_boxes_csv("gs://bucket/eval_run/eval_val/detections.csv")
+  np.testing.assert_allclose(back["vid_a,0902"][0], det["vid_a,0902"][0])
+  result = {"mAP": 0.5, "num_frames": 1, "per_class": {12: 0.5}, "num_gt": {12: 2}, "num_detections": {12: 1}}
+  ava_map.write_report("gs://bucket/eval_run/eval_val/ava_map.json", result, {12: "stand"})
+  assert json.loads(epath.Path("gs://bucket/eval_run/eval_val/ava_map.json").read_text())["mAP@0.5IOU"] == 0.5
   # metrics.jsonl on a bucket: rows kept in memory, the object uploaded on flush (rate-limited) and close.
   f = paths.AppendFile("gs://bucket/eval_run/m.jsonl", upload_every_s=3600)
   f.write("a\n")

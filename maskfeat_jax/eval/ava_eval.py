@@ -112,9 +112,9 @@ def evaluate(config, model, params, mesh, split: str, workdir: str | None = None
   if workdir and jax.process_index() == 0:
     out_dir = paths.join(workdir, f"eval_{splits.split_tag(split)}")
     paths.makedirs(out_dir)
-    ava_map.write_report(os.path.join(out_dir, "ava_map.json"), result, names,
+    ava_map.write_report(paths.join(out_dir, "ava_map.json"), result, names,
                          {"split": split, "boxes": "detected" if use_detections else "groundtruth",
                           "score_thresh": float(config.detection.score_thresh), "boxes_scored": num_boxes})
-    ava_map.write_detections_csv(os.path.join(out_dir, "detections.csv"), detections)
-    out["files"] = [os.path.join(out_dir, "ava_map.json"), os.path.join(out_dir, "detections.csv")]
+    ava_map.write_detections_csv(paths.join(out_dir, "detections.csv"), detections)
+    out["files"] = [paths.join(out_dir, "ava_map.json"), paths.join(out_dir, "detections.csv")]
   return out

@@ -27,6 +27,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from maskfeat_jax import paths
 from maskfeat_jax.data.ava import frame_key, read_exclusions, read_labelmap  # noqa: F401 (AVA file formats)
 
 IOU_THRESHOLD = 0.5
@@ -41,7 +42,7 @@ def read_boxes_csv(path: str, class_whitelist: Iterable[int] | None = None):
   """
   allowed = None if class_whitelist is None else set(int(c) for c in class_whitelist)
   rows = collections.defaultdict(lambda: ([], [], []))
-  with open(path) as f:
+  with paths.open(path) as f:
     for n, row in enumerate(csv.reader(f), 1):
       if not row:
         continue
@@ -62,8 +63,8 @@ def read_boxes_csv(path: str, class_whitelist: Iterable[int] | None = None):
 
 def write_detections_csv(path: str, detections: Mapping[str, tuple]) -> None:
   """{key: (boxes, labels, scores)} -> the official detection CSV (video_id, ts, x1, y1, x2, y2, id, score)."""
-  with open(path, "w", newline="") as f:
-    w = csv.writer(f)
+  with paths.open(path, "w") as f:  # local or gs:// (maskfeat_jax/paths.py)
+    w = csv.writer(f, lineterminator="\n")
     for key in sorted(detections):
       video_id, ts = key.rsplit(",", 1)
       boxes, labels, scores = detections[key]
@@ -185,6 +186,7 @@ def write_report(path: str, result: dict, class_names: Mapping[int, str], extra:
                         "num_gt": result["num_gt"][c], "num_detections": result["num_detections"][c]}
                        for c, ap in result["per_class"].items()]}
   out.update(extra or {})
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
+  if os.path.dirname(path):
+    paths.makedirs(os.path.dirname(path))
+  with paths.open(path, "w") as f:  # local or gs:// (maskfeat_jax/paths.py)
     json.dump(out, f, indent=1)
