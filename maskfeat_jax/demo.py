@@ -61,6 +61,8 @@ def phase_config(config, phase: str, init_from: str = "", target: str = ""):
   _apply_overrides(c, overrides, f"config.demo.{key}")
   if target:
     c.target.type = target
+  if c.target.type != "hog":
+    c.viz_every_steps = 0  # the prediction pictures draw HOG glyphs (viz/hook.py): none for other targets
   c.mode = phase if phase == "probe" else key
   c.init_from = init_from if phase in ("finetune", "probe") else ""
   if phase == "probe":

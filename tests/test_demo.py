@@ -28,6 +28,7 @@ def test_ablation_pretrains_hog_and_pixel_with_the_same_budget():
   assert demo.targets(c) == ("hog", "pixel")
   hog, pixel = (demo.phase_config(c, "pretrain", target=t) for t in demo.targets(c))
   assert (hog.target.type, pixel.target.type) == ("hog", "pixel")
+  assert (hog.viz_every_steps, pixel.viz_every_steps) == (500, 0)  # the pictures draw HOG only
   assert hog.total_steps == pixel.total_steps and hog.optim == pixel.optim and hog.data == pixel.data
   config_lib.validate(pixel)
   c = config_lib.load_config("configs/demo.py:ablation", lock=False)
