@@ -146,9 +146,6 @@ def _assert_params_close(got, want, rtol, atol):
 
 
 @pytest.mark.slow
-@pytest.mark.skip(reason="NOT YET PASSING AS A WHOLE (issue 14 open): a 16-min run on 2 shared cores passed "
-                  "(a)-(d) but failed in the final rerun (process 0 ended while process 1 waited in Orbax's "
-                  "CheckpointManager barrier; cause not yet found)")
 def test_two_processes_train_resume_and_preempt_like_one(tmp_path, cache_dir):
   # 1 process x 4 devices: the reference.
   ref = tmp_path / "one_by_four"
