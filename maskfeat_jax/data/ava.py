@@ -282,14 +282,6 @@ def clip_times(timestamp: float, num_frames: int, sampling_rate: int, fps: float
   return timestamp + (np.arange(num_frames) * sampling_rate - half) / fps
 
 
-def _resized(width: int, height: int, short_side: int) -> tuple[int, int]:
-  if short_side <= 0 or min(width, height) <= short_side:
-    return width, height
-  if width < height:
-    return short_side, int(round(height * short_side / width))
-  return int(round(width * short_side / height)), short_side
-
-
 def movie_records(path: str, keyframes: Sequence[Keyframe], serialize, *, num_frames: int, sampling_rate: int,
                   short_side: int, jpeg_quality: int = 90, time_offset: float = 0.0) -> Iterator[tuple[str, Any]]:
   """Decodes one movie once (from just before its first clip) and yields ('ok', record) per keyframe in time
@@ -342,7 +334,7 @@ def movie_records(path: str, keyframes: Sequence[Keyframe], serialize, *, num_fr
     for frame in container.decode(stream):
       cur = [float(frame.time) if frame.time is not None else 0.0, frame, None]
       if size is None:
-        size = _resized(frame.width, frame.height, short_side)
+        size = transforms.downscaled_size(frame.width, frame.height, short_side)
       # Targets before this frame's start show the previous frame (before the first frame: this one).
       while pos < len(targets) and targets[pos][0] < cur[0] - 1e-6:
         fill(targets[pos][1], targets[pos][2], jpeg(prev if prev is not None else cur))

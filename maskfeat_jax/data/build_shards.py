@@ -45,6 +45,7 @@ from tqdm import tqdm
 
 from maskfeat_jax.data import ava
 from maskfeat_jax.data import storage
+from maskfeat_jax.data import transforms
 from maskfeat_jax.data import worker_pool
 from maskfeat_jax.data.label_files import Item, class_names_for, label_index, read_label_file
 
@@ -61,14 +62,6 @@ class Options:
 
 
 # ----------------------------------------------------------------------------------------------- decoding
-def _resized(width: int, height: int, short_side: int) -> tuple[int, int]:
-  if short_side <= 0 or min(width, height) <= short_side:
-    return width, height
-  if width < height:
-    return short_side, int(round(height * short_side / width))
-  return int(round(width * short_side / height)), short_side
-
-
 def decode_video(path: str, options: Options, time_start: float = -1.0,
                  time_end: float = -1.0) -> tuple[list[np.ndarray], float]:
   """PyAV decode -> (list of uint8 [H,W,3] frames, fps of the returned frames). Raises on any problem."""
@@ -89,7 +82,7 @@ def decode_video(path: str, options: Options, time_start: float = -1.0,
       if options.trim and time_end > 0 and t >= time_end:
         break
       if size is None:
-        size = _resized(frame.width, frame.height, options.short_side)
+        size = transforms.downscaled_size(frame.width, frame.height, options.short_side)
       frames.append(frame.to_ndarray(width=size[0], height=size[1], format="rgb24", interpolation="AREA"))
       times.append(t)
   if not frames:

@@ -260,3 +260,12 @@ def spatial_indices(num_crops: int) -> tuple[int, ...]:
   if num_crops == 3:
     return (0, 1, 2)
   raise ValueError(f"config.eval.num_crops must be 1 or 3, got {num_crops}")
+
+
+def downscaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+  """(width, height) after resizing the short side down to `short_side` (never up; <= 0: unchanged)."""
+  if short_side <= 0 or min(width, height) <= short_side:
+    return width, height
+  if width < height:
+    return short_side, int(round(height * short_side / width))
+  return int(round(width * short_side / height)), short_side
