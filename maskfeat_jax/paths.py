@@ -11,6 +11,7 @@ google-cloud-storage (tensorboardX's gs:// writer); TensorStore reads TENSORSTOR
 points everything at the emulator.
 """
 import builtins
+import logging
 import os
 import time
 from typing import IO
@@ -90,6 +91,10 @@ def configure_emulator(env=None) -> str | None:
   if not host:
     return None
   url = host if "://" in host else f"http://{host}"
+  # gcsfs >= 2026 asks Google (with Application Default Credentials) whether each bucket is hierarchical,
+  # and without credentials logs a warning per file opened before falling back to the plain bucket API,
+  # which is what an emulator serves: that warning is noise here.
+  logging.getLogger("gcsfs").setLevel(logging.ERROR)
   env.setdefault("TENSORSTORE_GCS_HTTP_URL", url)
   env.setdefault("GOOGLE_AUTH_TOKEN_FOR_TESTING", "emulator")  # TensorStore's bearer token; emulators ignore it
   return url
@@ -144,10 +149,12 @@ class AppendFile:
     else:
       self._file.write(text)
 
-  def flush(self) -> None:
+  def flush(self, force: bool = False) -> None:
+    """Locally a flush; on a bucket an upload when `upload_every_s` has passed since the last one (or when
+    `force`: e.g. before a checkpoint, so that a run killed after it has lost no row up to it)."""
     if not self._remote:
       self._file.flush()
-    elif self._dirty and time.monotonic() - self._last_upload >= self._upload_every_s:
+    elif self._dirty and (force or time.monotonic() - self._last_upload >= self._upload_every_s):
       self._upload()
 
   def _upload(self) -> None:

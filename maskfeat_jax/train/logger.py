@@ -192,6 +192,14 @@ class MetricsWriter:
     print(line, file=self.stream, flush=True)
     logging.info(line)
 
+  def sync(self):
+    """Everything logged so far reaches the workdir now (a bucket's metrics.jsonl is otherwise uploaded
+    every 30 s): called before each checkpoint, so a run killed after one resumes with every row up to it."""
+    if self._jsonl is not None:
+      self._jsonl.flush(force=True)
+    if self._tb is not None:
+      self._tb.flush()
+
   def close(self):
     if self._jsonl is not None:
       self._jsonl.close()

@@ -298,6 +298,7 @@ def _loop(run: _Run, state, start_step: int):
     if run.visualizer is not None and config.viz_every_steps > 0 and step % config.viz_every_steps == 0:
       run.visualizer(state.params, step, run.workdir, False)
     if save_now:
+      run.writer.sync()  # the rows up to this checkpoint are in the workdir before it is
       run.ckpt.save(step, state, feeder, force=stop or preempted)  # the consumed batches' state
     if stop or preempted:
       status = "preempted" if preempted else "stopped"
