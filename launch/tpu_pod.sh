@@ -3,19 +3,20 @@
 #
 # Usage:
 #   launch/tpu_pod.sh TPU_NAME ZONE CONFIG WORKDIR [extra main.py flags...]
-#   launch/tpu_pod.sh my-v4-64 us-central2-b configs/k400_pretrain.py:S /mnt/gcs/runs/s_pt
+#   launch/tpu_pod.sh my-v4-64 us-central2-b configs/k400_pretrain.py:S gs://my-bucket/runs/s_pt
 # Environment read here:
 #   PROJECT        GCP project (default: gcloud's configured project)
 #   SETUP=0        skip copying the repo and running launch/tpu_setup.sh on the workers
 # Environment set on the workers:
 #   MASKFEAT_DISTRIBUTED=1  main.py calls jax.distributed.initialize(); on TPU VMs JAX detects the
 #                           coordinator, process count and process id itself (TPU metadata).
-# WORKDIR must be a path every worker can write (Orbax writes checkpoints from all hosts): a bucket
-# mounted with gcsfuse at the same place on each worker, or another shared filesystem.
+# WORKDIR must be a path every worker can write (Orbax writes checkpoints from all hosts): a gs:// bucket,
+# written directly (maskfeat_jax/paths.py; not a gcsfuse mount, where Orbax falls back to rename commits,
+# which are not atomic on standard buckets), or a shared filesystem.
 set -euo pipefail
 
 if [[ $# -lt 4 ]]; then
-  sed -n '2,15p' "$0"; exit 2
+  sed -n '2,16p' "$0"; exit 2
 fi
 TPU_NAME="$1"; ZONE="$2"; CONFIG="$3"; WORKDIR="$4"; shift 4
 EXTRA_FLAGS="$*"
