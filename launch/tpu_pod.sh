@@ -16,7 +16,7 @@
 set -euo pipefail
 
 if [[ $# -lt 4 ]]; then
-  sed -n '2,16p' "$0"; exit 2
+  sed -n '2,15p' "$0"; exit 2
 fi
 TPU_NAME="$1"; ZONE="$2"; CONFIG="$3"; WORKDIR="$4"; shift 4
 EXTRA_FLAGS="$*"
