@@ -207,8 +207,10 @@ def test_tiny_mvit_fsdp_remat_and_accumulation_give_the_same_update():
     r = res[name]
     assert r["update"] > 1e-4, (name, r)  # the updates compared are real ones
     # Equal to fp32 rounding (weights are O(0.1-1); Adam divides a tiny gradient's rounding noise by its
-    # own size, so a few weights differ by ~1e-6): far less than one update moves the weights.
-    assert r["param_diff"] < min(1e-5, 1e-2 * r["update"]), (name, r)
+    # own size, so a few weights differ by ~1e-6 to ~1e-5: accum2 sums its micro-batches in another order
+    # and measured 1.1e-5 against a largest update of 9.9e-4 on a 2-core CI machine): far less than one
+    # update moves the weights; a wrong sharding, remat or accumulation moves them by about an update.
+    assert r["param_diff"] < min(2e-5, 2e-2 * r["update"]), (name, r)
     assert r["loss_rel"] < 1e-5 and r["grad_norm_rel"] < 1e-4, (name, r)
 
 
