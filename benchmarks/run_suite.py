@@ -26,7 +26,6 @@ import argparse
 import gc
 import os
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +33,7 @@ import jax.numpy as jnp
 from maskfeat_jax import compiler
 from maskfeat_jax import targets as targets_lib
 from maskfeat_jax.models import factory
-from model_bench import _flops, _is_oom, _loss_fn, init_params, make_config, make_inputs, PEAK_BF16_TFLOPS
+from model_bench import _flops, _is_oom, _loss_fn, init_params, make_config, make_inputs, PEAK_BF16_TFLOPS, time_step
 
 MODELS = ("maskfeat_mvit_s_16x4_pt", "maskfeat_mvit_l_16x4_pt")
 
@@ -60,17 +59,6 @@ def _hog_fn(model):
   return compiler.jit(hog)
 
 
-def _median_time(compiled, args, warmup: int, steps: int) -> float:
-  for _ in range(warmup):
-    jax.block_until_ready(compiled(*args))
-  times = []
-  for _ in range(steps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
-
-
 def _peak_tflops(arg: float) -> float:
   if arg:
     return arg
@@ -85,15 +73,12 @@ def measure(name: str, dtype: str, remat: str, args, model_flops: dict) -> dict:
   inputs = tuple(jax.device_put(a) for a in make_inputs(config, args.batch))
   params = init_params(model, config, inputs)
   step = compiler.jit(jax.value_and_grad(_loss_fn(model, config)))
-  t0 = time.perf_counter()
-  compiled = step.lower(params, *inputs).compile()
-  row["compile_s"] = time.perf_counter() - t0
-  step_s = _median_time(compiled, (params,) + inputs, args.warmup, args.steps)
+  row["compile_s"], times, compiled = time_step(step, (params,) + inputs, args.warmup, args.steps)
+  step_s = statistics.median(times)
   if remat == "none":
     model_flops[(name, dtype)] = _flops(step.lower(params, *inputs))
   flops = model_flops.get((name, dtype), float("nan"))
-  hog = _hog_fn(model).lower(inputs[0]).compile()
-  hog_s = _median_time(hog, (inputs[0],), args.warmup, args.steps)
+  hog_s = statistics.median(time_step(_hog_fn(model), (inputs[0],), args.warmup, args.steps)[1])
   mem = compiled.memory_analysis()
   xla_gib = float("nan") if mem is None else (mem.temp_size_in_bytes + mem.argument_size_in_bytes
                                               + mem.output_size_in_bytes - mem.alias_size_in_bytes) / 2**30
