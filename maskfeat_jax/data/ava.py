@@ -47,7 +47,9 @@ from typing import Any, Iterator, Sequence
 
 import grain
 import numpy as np
+import tensorflow_datasets as tfds  # no TensorFlow: features and protos only
 from absl import logging
+from tensorflow_datasets.proto import tf_example_pb2
 
 from maskfeat_jax.data import pipeline
 from maskfeat_jax.data import storage
@@ -189,7 +191,6 @@ def read_annotations(gt_csv: str | None, label_map: Sequence[tuple[int, str]], *
 # ----------------------------------------------------------------------------------------------- format
 def features(num_classes: int):
   """The TFDS FeaturesDict of an AVA keyframe record."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   return tfds.features.FeaturesDict({
       "video": tfds.features.Sequence(tfds.features.Image(encoding_format="jpeg")),
       "video_id": tfds.features.Text(),
@@ -204,7 +205,6 @@ def features(num_classes: int):
 
 def parse_record(record: bytes, num_classes: int) -> dict[str, Any]:
   """Record bytes -> frames (JPEG bytes), video_id, timestamp, fps, boxes, labels, det_boxes, det_scores."""
-  from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
   fmap = tf_example_pb2.Example.FromString(record).features.feature
   for key in ("video", "boxes", "labels"):
     if key not in fmap:
@@ -246,7 +246,6 @@ class AvaMeta:
 
 
 def read_meta(ds_dir: str | os.PathLike) -> AvaMeta:
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   ds_dir = pathlib.Path(ds_dir)
   meta_file = ds_dir / META_FILE
   if not meta_file.is_file():
@@ -437,7 +436,6 @@ def convert(videos_dir: str, split_annotations: dict[str, dict[str, str | None]]
   (after a crash, or with more movies) converts only what is missing. The split's shards are then linked to
   their final names. Returns (and writes as conversion_report.json) what was converted and skipped.
   """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   label_map = read_labelmap(label_map_file)
   exclusions = read_exclusions(exclusions_file)
   ds_dir = storage.dataset_dir(output_dir, name, version)

@@ -169,20 +169,26 @@ class Records:
   def __init__(self, files: tuple[str, ...]):
     self.files = files
     self._source = None
+    self._lock = threading.Lock()  # Grain's read threads call __getitem__ concurrently: open the shards once
 
   def __len__(self) -> int:
     return len(self._get())
 
   def _get(self):
     if self._source is None:
-      self._source = storage.open_source(self.files)
+      with self._lock:
+        if self._source is None:
+          self._source = storage.open_source(self.files)
     return self._source
 
   def __getitem__(self, index: int) -> bytes:
     return self._get()[index]
 
   def __getstate__(self):
-    return {"files": self.files, "_source": None}
+    return {"files": self.files}
+
+  def __setstate__(self, state):
+    self.__init__(state["files"])
 
 
 class Failures:

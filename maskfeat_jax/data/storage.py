@@ -25,8 +25,13 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import grain
 import simplejpeg
+# Imported here, not on first use: Grain's read threads would race to import it, and TFDS's lazy imports
+# (etils LazyModule, a functools.cached_property with one lock for all instances) then deadlock against
+# the import lock (seen: a data worker hung on its first batch). TFDS imports no TensorFlow.
+import tensorflow_datasets as tfds
 from array_record.python import array_record_module
 from PIL import Image
+from tensorflow_datasets.proto import tf_example_pb2
 
 from maskfeat_jax import paths
 from maskfeat_jax.data.splits import resolve_split
@@ -40,7 +45,6 @@ TMP_SUFFIX = ".incomplete"
 # ----------------------------------------------------------------------------------------------- features
 def video_features(class_names: Sequence[str]):
   """The TFDS FeaturesDict of a video dataset."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   return tfds.features.FeaturesDict({
       "video": tfds.features.Sequence(tfds.features.Image(encoding_format="jpeg")),
       "label": tfds.features.ClassLabel(names=list(class_names)),
@@ -137,7 +141,6 @@ def write_dataset_info(ds_dir: str | os.PathLike, name: str, class_names: Sequen
                        split_shard_lengths: dict[str, Sequence[int]], *, description: str = "",
                        version: str = DEFAULT_VERSION, image_mode: bool = False) -> None:
   """Writes dataset_info.json / features.json for shards already in `ds_dir` (TFDS `write_metadata`)."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   ds_dir = pathlib.Path(ds_dir)
   features = image_features(class_names) if image_mode else video_features(class_names)
   split_infos = []
@@ -154,7 +157,6 @@ def write_dataset_info(ds_dir: str | os.PathLike, name: str, class_names: Sequen
 
 def image_features(class_names: Sequence[str]):
   """The TFDS FeaturesDict of an image dataset (what TFDS image datasets such as imagenet2012 use)."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   return tfds.features.FeaturesDict({
       "image": tfds.features.Image(encoding_format="jpeg"),
       "label": tfds.features.ClassLabel(names=list(class_names)),
@@ -219,7 +221,6 @@ def find_dataset_dir(data_dir: str | os.PathLike, name: str) -> pathlib.Path | N
 
 def read_meta(ds_dir: str | os.PathLike) -> DatasetMeta:
   """Reads split files / sizes and class names of a TFDS array_record directory (no TensorFlow)."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   ds_dir = pathlib.Path(ds_dir)
   builder = tfds.builder_from_directory(os.fspath(ds_dir))
   info = builder.info
@@ -247,7 +248,6 @@ def read_meta(ds_dir: str | os.PathLike) -> DatasetMeta:
 
 
 def _feature_map(record: bytes):
-  from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
   return tf_example_pb2.Example.FromString(record).features.feature
 
 

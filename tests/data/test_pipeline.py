@@ -1,6 +1,8 @@
 """Grain pipeline over the embedded synthetic_motion dataset: batches, determinism, state, sharding, eval views,
 corrupt records, image mode, and the dataset's own properties (deterministic; class = motion, not appearance)."""
+import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -185,6 +187,22 @@ def test_state_restore_with_worker_processes(data_dir):
   assert_batches_equal(got, expected)
   for i in (it, fresh):
     i.close()
+
+
+def test_reading_a_record_imports_nothing(data_dir):
+  # A data worker hung on its first batch (reproduced 1 in ~30 worker starts): its two read threads both
+  # imported TFDS on their first record and deadlocked in TFDS's lazy imports. Everything a read needs is
+  # imported with the modules, before Grain starts threads.
+  files = pipeline.load_meta(tiny_config(data_dir)).files("train")
+  code = textwrap.dedent(f"""
+      import sys
+      from maskfeat_jax.data import pipeline, storage, ava
+      before = set(sys.modules)
+      example = storage.parse_video_record(pipeline.Records({tuple(files)!r})[0])
+      storage.decode_image(example["frames"][0])
+      print(sorted(set(sys.modules) - before))""")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+  assert out.strip() == "[]", out[:800]
 
 
 def _stream(data_dir, process_count, batch, steps):
