@@ -196,7 +196,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.probe.num_clips = 1  # feature views per example (deterministic eval views, averaged)
   c.probe.num_crops = 1
 
-  # ---- detection (AVA v2.2: data/ava.py, models/detection.py, eval/ava_eval.py) ----
+  # ---- detection (AVA v2.2: data/ava*.py, models/detection.py, eval/ava_eval.py) ----
   c.detection = ml_collections.ConfigDict()
   # Boxes per clip, padded with a validity mask so shapes stay static under jit (more: the first ones kept).
   c.detection.max_boxes = 16

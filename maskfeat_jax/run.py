@@ -23,6 +23,7 @@ from maskfeat_jax import demo
 from maskfeat_jax import sharding
 from maskfeat_jax.checkpoints import init as init_lib
 from maskfeat_jax.data import ava
+from maskfeat_jax.data import ava_pipeline
 from maskfeat_jax.data import pipeline
 from maskfeat_jax.data import splits
 from maskfeat_jax.eval import ava_eval
@@ -138,7 +139,7 @@ def visualizer_for(config, model, mesh) -> trainer.Visualizer | None:
 def train(config, workdir: str, parts: Components | None = None) -> trainer.TrainResult:
   parts = parts or Components()
   p = prepare(config, parts)
-  make_it = parts.make_train_iterator or (ava.make_train_iterator if p.config.model.type == "detection"
+  make_it = parts.make_train_iterator or (ava_pipeline.make_train_iterator if p.config.model.type == "detection"
                                           else pipeline.make_train_iterator)
   return trainer.train(p.config, workdir, model=p.model, dataset=p.dataset, mesh=p.mesh, make_iterator=make_it,
                        evaluator=evaluator_for(p.config, p.model, p.mesh, p.dataset),

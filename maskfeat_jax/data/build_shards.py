@@ -44,6 +44,8 @@ from absl import logging
 from tqdm import tqdm
 
 from maskfeat_jax.data import ava
+from maskfeat_jax.data import ava_convert
+from maskfeat_jax.data import ava_synthetic
 from maskfeat_jax.data import storage
 from maskfeat_jax.data import transforms
 from maskfeat_jax.data import worker_pool
@@ -336,7 +338,7 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   flags.DEFINE_enum("mode", "videos", ["videos", "ava"],
                     "videos: classification datasets (label files); ava: AVA v2.2 keyframe clips with boxes "
-                    "(data/ava.py; --videos_dir, --ava_annotations, --output_dir, --name).")
+                    "(data/ava_convert.py; --videos_dir, --ava_annotations, --output_dir, --name).")
   flags.DEFINE_string("ava_annotations", "", "AVA: folder with the official CSVs / pbtxt (data/ava.py FILES).")
   flags.DEFINE_string("ava_det_csv", "", "AVA: person-detector boxes of val (default: "
                       "ava_annotations/ava_detection_val_boxes_and_labels.csv).")
@@ -381,7 +383,7 @@ def main_ava() -> int:
                 progress=FLAGS.progress, time_offset=FLAGS.ava_time_offset, num_workers=FLAGS.num_workers)
   output_dir = os.path.expanduser(FLAGS.output_dir)
   if FLAGS.ava_synthetic:
-    p = ava.write_synthetic(os.path.expanduser(FLAGS.ava_synthetic))
+    p = ava_synthetic.write_synthetic(os.path.expanduser(FLAGS.ava_synthetic))
     kwargs["valid_secs"] = (2, 9)  # the fixture's keyframes
     videos_dir, annotations = p["videos_dir"], os.path.dirname(p["train"])
   else:
@@ -390,7 +392,7 @@ def main_ava() -> int:
     videos_dir, annotations = os.path.expanduser(FLAGS.videos_dir), os.path.expanduser(FLAGS.ava_annotations)
     if not os.path.isdir(videos_dir):
       raise app.UsageError(f"--videos_dir {videos_dir} is not a directory")
-  report = ava.convert_from_annotation_dir(videos_dir, annotations, output_dir, FLAGS.name,
+  report = ava_convert.convert_from_annotation_dir(videos_dir, annotations, output_dir, FLAGS.name,
                                            det_csv=os.path.expanduser(FLAGS.ava_det_csv), **kwargs)
   print(f"Converted {report['converted']} keyframes into {report['dataset_dir']}; skipped {report['skipped']} "
         f"(movies and keyframes listed in {os.path.join(report['dataset_dir'], ava.REPORT_FILE)}).")

@@ -3,7 +3,7 @@
 As the official test (`slowfast/utils/ava_eval_helper.py::evaluate_ava` over the outputs of
 `tools/test_net.py` with `DETECTION.ENABLE`): the model scores the person detector's boxes above
 config.detection.score_thresh (each box in the config.eval.num_crops crop that shows most of it,
-data/ava.py::eval_example); every (box, class) pair becomes one scored detection; eval/ava_map.py computes
+data/ava_pipeline.py::eval_example); every (box, class) pair becomes one scored detection; eval/ava_map.py computes
 the per-class AP and the mean over the label map's classes. Ground truth: the boxes stored in the records
 (config.detection.groundtruth_csv = '') or the official CSV; excluded timestamps from
 config.detection.exclusions_csv (the converter already left them out of the records).
@@ -27,6 +27,7 @@ from maskfeat_jax import compiler
 from maskfeat_jax import paths
 from maskfeat_jax import sharding
 from maskfeat_jax.data import ava
+from maskfeat_jax.data import ava_pipeline
 from maskfeat_jax.data import splits
 from maskfeat_jax.eval import ava_map
 from maskfeat_jax.eval import multiview
@@ -81,7 +82,7 @@ def evaluate(config, model, params, mesh, split: str, workdir: str | None = None
   t0 = time.perf_counter()
   num_boxes = dropped = 0
   crops = int(config.eval.num_crops)
-  for arrays, items in ava.eval_batches(config, split, meta, batch, use_detections):
+  for arrays, items in ava_pipeline.eval_batches(config, split, meta, batch, use_detections):
     scores = forward(variables, arrays)  # [keyframes x crops, N, K]
     scores = scores.reshape((-1, crops) + scores.shape[1:])
     for row, item in enumerate(items):

@@ -1,4 +1,4 @@
-"""AVA conversion (data/ava.py) of a generated AVA-like fixture, and the train / eval readers."""
+"""AVA conversion (data/ava_convert.py) of a generated AVA-like fixture, and the train / eval readers."""
 import json
 import pathlib
 
@@ -7,6 +7,9 @@ import numpy as np
 import pytest
 
 from maskfeat_jax.data import ava
+from maskfeat_jax.data import ava_convert
+from maskfeat_jax.data import ava_pipeline
+from maskfeat_jax.data import ava_synthetic
 from maskfeat_jax.data import pipeline
 from maskfeat_jax.eval import ava_map
 
@@ -16,17 +19,17 @@ NUM_FRAMES, RATE = 4, 8
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
   root = tmp_path_factory.mktemp("ava")
-  paths = ava.write_synthetic(root / "raw", seconds=(2, 5))
+  paths = ava_synthetic.write_synthetic(root / "raw", seconds=(2, 5))
   splits = {"train": {"gt": paths["train"], "det": None},
             "val": {"gt": paths["val"], "det": paths["val_detections"]}}
-  report = ava.convert(paths["videos_dir"], splits, paths["label_map"], str(root / "out"), "ava_tiny",
+  report = ava_convert.convert(paths["videos_dir"], splits, paths["label_map"], str(root / "out"), "ava_tiny",
                        exclusions_file=paths["exclusions"], num_frames=NUM_FRAMES, sampling_rate=RATE,
                        short_side=80, valid_secs=(2, 5))
   return paths, report, ava.read_meta(report["dataset_dir"])
 
 
 def test_clip_times_are_centred_on_the_keyframe():
-  t = ava.clip_times(902, 16, 4)
+  t = ava_convert.clip_times(902, 16, 4)
   assert len(t) == 16 and t[8] == 902 and np.allclose(np.diff(t), 4 / 30)
   assert t[0] == pytest.approx(902 - 32 / 30)
 
@@ -79,9 +82,9 @@ def _config(meta, **detection):
 
 def test_train_batches_move_boxes_with_the_crop(converted):
   _, _, meta = converted
-  spec = ava.spec_for(_config(meta), meta)
+  spec = ava_pipeline.spec_for(_config(meta), meta)
   record = ava.storage.open_source(meta.split_files["train"])[0]
-  ex = ava.train_example(spec, record, np.random.default_rng(0))
+  ex = ava_pipeline.train_example(spec, record, np.random.default_rng(0))
   assert ex["video"].shape == (1, NUM_FRAMES, 64, 64, 3) and ex["boxes"].shape == (1, 4, 4)
   assert ex["box_mask"][0].tolist() == [True, True, True, False] and ex["box_labels"].shape == (1, 4, 3)
   # The middle frame's coloured pixels lie inside the transformed boxes.
@@ -95,17 +98,17 @@ def test_train_batches_move_boxes_with_the_crop(converted):
 
 def test_crop_boxes_round_trip():
   boxes = np.asarray([[0.1, 0.2, 0.5, 0.9]], np.float32)
-  c = ava.crop_boxes(boxes, (80, 107), (80, 107), (8, 20), 64, False)
-  np.testing.assert_allclose(ava.uncrop_boxes(c, (80, 107), (8, 20), 64), [[0.1869, 0.2, 0.5, 0.9]], atol=1e-3)
-  flipped = ava.crop_boxes(boxes, (80, 107), (80, 107), (8, 20), 64, True)
+  c = ava_pipeline.crop_boxes(boxes, (80, 107), (80, 107), (8, 20), 64, False)
+  np.testing.assert_allclose(ava_pipeline.uncrop_boxes(c, (80, 107), (8, 20), 64), [[0.1869, 0.2, 0.5, 0.9]], atol=1e-3)
+  flipped = ava_pipeline.crop_boxes(boxes, (80, 107), (80, 107), (8, 20), 64, True)
   np.testing.assert_allclose(flipped[0, [0, 2]], 1 - c[0, [2, 0]], atol=1e-6)
 
 
 def test_eval_example_uses_detections_above_the_threshold(converted):
   _, _, meta = converted
   record = ava.storage.open_source(meta.split_files["val"])[0]
-  spec = ava.spec_for(_config(meta), meta)
-  ex = ava.eval_example(spec, record, num_crops=3)
+  spec = ava_pipeline.spec_for(_config(meta), meta)
+  ex = ava_pipeline.eval_example(spec, record, num_crops=3)
   p = ava.parse_record(record, meta.num_classes)
   n = int(np.sum(p["det_scores"] >= 0.8))
   assert len(ex["frame_boxes"]) == n and ex["box_mask"].shape == (3, 6) and int(ex["box_mask"][0].sum()) == n
@@ -113,21 +116,21 @@ def test_eval_example_uses_detections_above_the_threshold(converted):
   # Each box's crop shows at least as much of it as any other crop; the crops' order is centre, left, right.
   # 80 x 107 stored frames at short side 64 -> 64 x 85: crops at x = 11 (centre), 0 (left), 21 (right)
   for i, (x1, _, x2, _) in enumerate(ex["frame_boxes"]):
-    shown = [ava.visible_fraction(ex["frame_boxes"][i:i + 1], (64, 85), (0, x0), 64)[0] for x0 in (11, 0, 21)]
+    shown = [ava_pipeline.visible_fraction(ex["frame_boxes"][i:i + 1], (64, 85), (0, x0), 64)[0] for x0 in (11, 0, 21)]
     assert shown[ex["crop_of_box"][i]] == pytest.approx(max(shown))
   assert set(ex["crop_of_box"]) <= {0, 1, 2}
 
 
 def test_side_crops_cover_what_the_centre_crop_cuts():
   boxes = np.asarray([[0.0, 0.1, 0.1, 0.9], [0.45, 0.1, 0.55, 0.9], [0.9, 0.1, 1.0, 0.9]])
-  fractions = [ava.visible_fraction(boxes, (64, 114), (0, x0), 64) for x0 in (25, 0, 50)]  # centre, left, right
+  fractions = [ava_pipeline.visible_fraction(boxes, (64, 114), (0, x0), 64) for x0 in (25, 0, 50)]  # centre, left, right
   np.testing.assert_allclose(np.argmax(np.stack(fractions), axis=0), [1, 0, 2])
   assert fractions[0][0] == 0.0 and fractions[0][2] == 0.0  # the centre crop alone would miss both edge people
 
 
 def test_missing_annotation_file_is_named(tmp_path):
   with pytest.raises(FileNotFoundError, match="ava_train_v2.2.csv"):
-    ava.convert_from_annotation_dir(str(tmp_path), str(tmp_path), str(tmp_path / "o"), "x")
+    ava_convert.convert_from_annotation_dir(str(tmp_path), str(tmp_path), str(tmp_path / "o"), "x")
 
 
 def test_time_offset_reads_cut_movies_on_the_movie_timeline(converted):
@@ -138,7 +141,7 @@ def test_time_offset_reads_cut_movies_on_the_movie_timeline(converted):
 
   def frames(ts, offset):
     kf = ava.Keyframe("train_a", ts, empty, np.zeros((0, 3), np.uint8), empty, np.zeros((0,), np.float32))
-    (status, got), = ava.movie_records(movie, [kf], lambda _, f: f, num_frames=NUM_FRAMES, sampling_rate=RATE,
+    (status, got), = ava_convert.movie_records(movie, [kf], lambda _, f: f, num_frames=NUM_FRAMES, sampling_rate=RATE,
                                       short_side=80, time_offset=offset)
     assert status == "ok"
     return got
@@ -150,7 +153,7 @@ def test_rerun_reuses_finished_movies(converted, tmp_path):
   splits = {"train": {"gt": paths["train"], "det": None},
             "val": {"gt": paths["val"], "det": paths["val_detections"]}}
   before = [bytes(ava.storage.open_source(meta.split_files["train"])[i]) for i in range(meta.split_sizes["train"])]
-  again = ava.convert(paths["videos_dir"], splits, paths["label_map"], str(pathlib.Path(report["dataset_dir"]).parents[1]),
+  again = ava_convert.convert(paths["videos_dir"], splits, paths["label_map"], str(pathlib.Path(report["dataset_dir"]).parents[1]),
                       "ava_tiny", exclusions_file=paths["exclusions"], num_frames=NUM_FRAMES, sampling_rate=RATE,
                       short_side=80, valid_secs=(2, 5))
   assert again["reused_movies"] == 3 and again["splits"] == report["splits"]
@@ -162,6 +165,6 @@ def test_rerun_reuses_finished_movies(converted, tmp_path):
 def test_eval_boxes_beyond_the_static_count_are_counted(converted):
   _, _, meta = converted
   record = ava.storage.open_source(meta.split_files["val"])[0]
-  ex = ava.eval_example(ava.spec_for(_config(meta, eval_max_boxes=2), meta), record, num_crops=1)
+  ex = ava_pipeline.eval_example(ava_pipeline.spec_for(_config(meta, eval_max_boxes=2), meta), record, num_crops=1)
   p = ava.parse_record(record, meta.num_classes)
   assert len(ex["frame_boxes"]) == 2 and ex["dropped"] == int(np.sum(p["det_scores"] >= 0.8)) - 2 > 0
