@@ -102,7 +102,7 @@ class _TrainMap:
                process_count: int, per_batch: int):
     self.spec, self.files, self.num_examples, self.shuffle = spec, files, num_examples, shuffle
     self.process_index, self.process_count, self.per_batch = process_index, process_count, per_batch
-    self._source = None
+    self.records = pipeline.Records(files)  # opened once per process, safely from Grain's read threads
 
   def __call__(self, step_index: int, _):
     batch, row = divmod(step_index, self.per_batch)
@@ -111,13 +111,8 @@ class _TrainMap:
     order = (np.random.default_rng([self.spec.seed, epoch, self.num_examples, 0xA7A]).permutation(self.num_examples)
              if self.shuffle else np.arange(self.num_examples))
     example = int(order[position])
-    if self._source is None:
-      self._source = storage.open_source(self.files)
     rng = np.random.default_rng([self.spec.seed, epoch, example])
-    return train_example(self.spec, self._source[example], rng)
-
-  def __getstate__(self):
-    return {**self.__dict__, "_source": None}
+    return train_example(self.spec, self.records[example], rng)
 
 
 def _concat(elements):
