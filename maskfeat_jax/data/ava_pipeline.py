@@ -100,7 +100,7 @@ def train_example(spec: Spec, record: bytes, rng: np.random.Generator) -> dict[s
 class _TrainMap:
   def __init__(self, spec: Spec, files: tuple[str, ...], num_examples: int, shuffle: bool, process_index: int,
                process_count: int, per_batch: int):
-    self.spec, self.files, self.num_examples, self.shuffle = spec, files, num_examples, shuffle
+    self.spec, self.num_examples, self.shuffle = spec, num_examples, shuffle
     self.process_index, self.process_count, self.per_batch = process_index, process_count, per_batch
     self.records = pipeline.Records(files)  # opened once per process, safely from Grain's read threads
 
@@ -108,8 +108,7 @@ class _TrainMap:
     batch, row = divmod(step_index, self.per_batch)
     position = (batch * self.process_count + self.process_index) * self.per_batch + row
     epoch, position = divmod(position, self.num_examples)
-    order = (np.random.default_rng([self.spec.seed, epoch, self.num_examples, 0xA7A]).permutation(self.num_examples)
-             if self.shuffle else np.arange(self.num_examples))
+    order = pipeline.epoch_order(self.spec.seed, epoch, self.num_examples, self.shuffle, salt=0xA7A)
     example = int(order[position])
     rng = np.random.default_rng([self.spec.seed, epoch, example])
     return train_example(self.spec, self.records[example], rng)

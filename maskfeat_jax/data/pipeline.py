@@ -261,7 +261,7 @@ class _TrainMap:
   def example_at(self, step_index: int) -> tuple[int, int]:
     """(epoch, record index) of this process's `step_index`-th element."""
     epoch, position = divmod(self.global_position(step_index), self.num_examples)
-    order = _epoch_order(self.spec.seed, epoch, self.num_examples, self.shuffle)
+    order = epoch_order(self.spec.seed, epoch, self.num_examples, self.shuffle)
     return epoch, self.offset + int(order[position])
 
   def __call__(self, step_index: int, _) -> dict[str, np.ndarray] | None:
@@ -288,10 +288,11 @@ class _TrainMap:
 
 
 @functools.lru_cache(maxsize=4)
-def _epoch_order(seed: int, epoch: int, num_examples: int, shuffle: bool) -> np.ndarray:
+def epoch_order(seed: int, epoch: int, num_examples: int, shuffle: bool, salt: int = 0x5EED) -> np.ndarray:
+  """The epoch's example order (cached: the map asks for it once per element); `salt` keeps datasets apart."""
   if not shuffle:
     return np.arange(num_examples)
-  return np.random.default_rng([seed, epoch, num_examples, 0x5EED]).permutation(num_examples)
+  return np.random.default_rng([seed, epoch, num_examples, salt]).permutation(num_examples)
 
 
 def _augment(spec: ClipSpec, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
