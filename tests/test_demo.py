@@ -12,7 +12,7 @@ def test_default_protocol_pretrains_on_unlabeled_and_finetunes_on_few_balanced_l
   probe = demo.phase_config(c, "probe")
   assert c.data.name == "synthetic_shapes" and demo.targets(c) == ("hog",)
   assert (pt.mode, pt.data.train_split, pt.target.type, pt.model.type) == ("pretrain", "unlabeled", "hog", "maskfeat")
-  assert (ft.mode, ft.data.train_split, ft.init_from, ft.model.type) == ("finetune", "train[:80]", "/x", "classifier")
+  assert (ft.mode, ft.data.train_split, ft.init_from, ft.model.type) == ("finetune", "train[:40]", "/x", "classifier")
   assert ft.data.eval_split == "test" and ft.model.input_size == pt.model.input_size == c.model.input_size
   # The probe: the pre-training model, trained on the same few labels, tested on `test`; '' = random init.
   assert (probe.mode, probe.init_from, probe.model.name, probe.viz_every_steps) == ("probe", "", pt.model.name, 0)
