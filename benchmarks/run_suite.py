@@ -28,7 +28,6 @@ import os
 import statistics
 
 import jax
-import jax.numpy as jnp
 
 from maskfeat_jax import compiler
 from maskfeat_jax import targets as targets_lib

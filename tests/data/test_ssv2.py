@@ -2,7 +2,6 @@
 how labels mirror, 1 clip x 3 crops testing, the recipe configs, and a tiny SSv2-format dataset (videos named by
 id, labels.json, train.json / validation.json with `[something]` templates) converted, fine-tuned and evaluated."""
 import json
-import os
 import pathlib
 import subprocess
 import sys
