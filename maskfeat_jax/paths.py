@@ -69,6 +69,42 @@ def listdir(path) -> list[str]:
   return sorted(os.listdir(path))
 
 
+def find_files(url: str) -> list[str]:
+  """Every file under a URL, recursively, as sorted URLs: one listing request, where walking the
+  "directories" of a bucket would take one per directory."""
+  scheme = url.split("://", 1)[0]
+  found = epath.backend.fsspec_backend.fs(url).find(url)
+  return sorted(p if "://" in p else f"{scheme}://{p}" for p in found)
+
+
+def refresh(path) -> None:
+  """Forgets gcsfs's cached listings under a URL (no-op locally): gcsfs answers exists / listdir from
+  listings it cached earlier, so a process that reads what other processes wrote (Beam workers' shards)
+  must drop them first."""
+  if is_remote(path):
+    epath.backend.fsspec_backend.fs(os.fspath(path)).invalidate_cache()
+
+
+def getsize(path) -> int:
+  return epath.Path(path).stat().length if is_remote(path) else os.path.getsize(path)
+
+
+def remove(path) -> None:
+  """Deletes a file; a missing one is not an error."""
+  if is_remote(path):
+    epath.Path(path).unlink(missing_ok=True)
+  elif os.path.exists(path):
+    os.remove(path)
+
+
+def copy(src, dst) -> None:
+  """Copies one file in 16 MiB chunks (so a multi-GB shard never sits in memory); either side may be a
+  URL. A bucket object appears only when its upload completes, so a reader never sees half of it."""
+  with open(src, "rb") as f_in, open(dst, "wb") as f_out:
+    while chunk := f_in.read(1 << 24):
+      f_out.write(chunk)
+
+
 def open(path, mode: str = "r") -> IO:  # pylint: disable=redefined-builtin
   """A file object; on a bucket, a written object appears when it is closed (GCS uploads are atomic)."""
   if is_remote(path):
@@ -196,12 +232,7 @@ def stage_locally(url: str, cache_root: str | None = None) -> str | None:
         continue
       os.makedirs(os.path.dirname(dst), exist_ok=True)
       tmp = f"{dst}.incomplete-{os.getpid()}"
-      _copy(child, tmp)
+      copy(os.fspath(child), tmp)
       os.replace(tmp, dst)  # a reader never sees a half-copied file
   return local_dir
 
-
-def _copy(src: epath.Path, dst: str) -> None:
-  with src.open("rb") as f_in, builtins.open(dst, "wb") as f_out:
-    while chunk := f_in.read(1 << 24):
-      f_out.write(chunk)

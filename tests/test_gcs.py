@@ -9,6 +9,11 @@ gs://bucket/data, is SIGKILLed after a checkpoint reached the bucket, resumes fr
 to the same run on a local workdir; then a linear probe evaluates it from gs://bucket/run into
 gs://bucket/probe. Also: eval reports and pictures written to the bucket, and a gs:// path with neither
 credentials nor emulator failing fast with one line naming it.
+
+The converter (data/build_shards.py): a folder of generated videos (broken ones included) converted into
+gs://bucket/... with the local and the Beam runner holds the examples and report of a local-directory
+conversion; a shard whose sidecar is lost (a kill between the shard's upload and its sidecar's) is the only
+one a rerun converts; the bucket dataset feeds a training batch; videos can be read from a bucket too.
 """
 import json
 import os
@@ -16,6 +21,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -30,8 +36,14 @@ from matplotlib.figure import Figure
 from maskfeat_jax import paths
 from maskfeat_jax import visualize as vis
 from maskfeat_jax.checkpoints import orbax as ckpt_lib
+from maskfeat_jax.data import build_shards
+from maskfeat_jax.data import label_files
+from maskfeat_jax.data import pipeline
+from maskfeat_jax.data import storage
 from maskfeat_jax.data import synthetic
 from maskfeat_jax.eval import ava_map, report
+from tests.data.test_build_shards import CLASSES, video_folder  # pylint: disable=unused-import
+from tests.data.test_pipeline import tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LIMIT_S = 900  # per run; the 2 cores may be shared with other jobs
@@ -221,5 +233,159 @@ def test_bucket_without_credentials_or_emulator_is_one_line(tmp_path):
   lines = [l for l in out.strip().splitlines() if l.strip()]
   assert rc == 2 and len(lines) == 1, out[-3000:]
   assert lines[0].startswith("ERROR: gs://no-such-bucket/run: no Google Cloud credentials") and \
+      "STORAGE_EMULATOR_HOST" in lines[0], lines[0]
+  assert time.time() - t0 < 60
+
+
+# ----------------------------------------------------------------------------------------------- converter
+CONVERT_OPTIONS = build_shards.Options(short_side=32, jpeg_quality=95)
+PER_SHARD = 3  # 10 rows (6 videos, 4 broken inputs) -> 4 shards
+
+
+def _convert(items, out, **kwargs):
+  return build_shards.convert(items, out, "toy", list(CLASSES), CONVERT_OPTIONS, examples_per_shard=PER_SHARD,
+                              progress=False, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def converted_locally(video_folder, tmp_path_factory):
+  """(items, dataset dir) of the reference: the video folder converted into a local directory."""
+  items = label_files.read_label_file(str(video_folder / "list.csv"), str(video_folder), "train")
+  out = tmp_path_factory.mktemp("local_convert")
+  _convert(items, str(out))
+  return items, os.fspath(storage.dataset_dir(out, "toy"))
+
+
+def _examples(ds_dir: str, download_to: pathlib.Path) -> dict:
+  """Shard name -> [(video_id, label, fps, frame bytes)] in stored order; a bucket's shards downloaded first."""
+  out = {}
+  paths.refresh(ds_dir)  # Beam workers wrote the shards: list afresh
+  for name in sorted(n for n in paths.listdir(ds_dir) if ".array_record-" in n):
+    path = paths.join(ds_dir, name)
+    if paths.is_remote(path):
+      download_to.mkdir(parents=True, exist_ok=True)
+      paths.copy(path, str(download_to / name))
+      path = str(download_to / name)
+    source = storage.open_source([path])
+    records = [storage.parse_video_record(source[i]) for i in range(len(source))]
+    out[name] = [(r["video_id"], r["label"], r["fps"], tuple(r["frames"])) for r in records]
+  return out
+
+
+def _report(ds_dir: str) -> dict:
+  with paths.open(paths.join(ds_dir, build_shards.REPORT_FILE)) as f:
+    r = json.load(f)
+  assert r.pop("dataset_dir") == ds_dir
+  return r
+
+
+def _staging(monkeypatch, tmp_path) -> pathlib.Path:
+  """A temp dir for this process and the processes it starts, to check the converter leaves nothing there."""
+  staging = tmp_path / "staging"
+  staging.mkdir()
+  monkeypatch.setenv("TMPDIR", str(staging))
+  monkeypatch.setattr(tempfile, "tempdir", str(staging))
+  return staging
+
+
+def _lose_sidecar(ds_dir: str, shard: int) -> None:
+  """What a kill between a shard's upload and its sidecar's leaves: the shard without its sidecar."""
+  name = storage.shard_filename("toy", "train", shard, 4)
+  assert paths.exists(paths.join(ds_dir, name))
+  epath.Path(paths.join(ds_dir, build_shards.STATE_DIR, name + ".json")).unlink()
+
+
+def test_convert_into_a_bucket_resume_and_train(gcs, converted_locally, tmp_path, monkeypatch):
+  items, local_dir = converted_locally
+  staging = _staging(monkeypatch, tmp_path)
+  decoded = []
+  decode = build_shards.decode_video
+  monkeypatch.setattr(build_shards, "decode_video", lambda path, *a: decoded.append(path) or decode(path, *a))
+  report_ = _convert(items, "gs://bucket/ds")
+  remote_dir = "gs://bucket/ds/toy/1.0.0"
+  assert report_["dataset_dir"] == remote_dir and report_["converted"] == 6 and report_["skipped"] == 4
+  want = _examples(local_dir, tmp_path)
+  assert list(want) == [storage.shard_filename("toy", "train", k, 4) for k in range(4)]
+  assert _examples(remote_dir, tmp_path / "dl") == want  # same shards, examples, order, JPEG bytes
+  assert _report(remote_dir) == _report(local_dir)
+  # The same files as the local directory (dataset_info, features, labels, report, sidecars), no temporaries.
+  assert paths.listdir(remote_dir) == sorted(os.listdir(local_dir))
+  state = paths.join(remote_dir, build_shards.STATE_DIR)
+  assert paths.listdir(state) == sorted(os.listdir(os.path.join(local_dir, build_shards.STATE_DIR)))
+  assert storage.read_meta(remote_dir).split_sizes == {"train": 6}  # TFDS reads the bucket's metadata
+  assert not os.listdir(staging)  # every shard's staging directory removed
+  assert len(decoded) == 8  # the 6 videos and the 2 broken files that reach the decoder
+
+  # Shard 1 lost its sidecar: a rerun finds the other shards finished on the bucket, converts only shard 1.
+  _lose_sidecar(remote_dir, 1)
+  pending = build_shards.pending_shards(items, remote_dir, "toy", PER_SHARD)
+  assert [(split, k) for split, k, _, _ in pending] == [("train", 1)]
+  decoded.clear()
+  again = _convert(items, "gs://bucket/ds")
+  shard1 = build_shards.plan_shards(items, PER_SHARD)["train"][1]
+  assert decoded == [it.path for it in shard1 if os.path.isfile(it.path) and os.path.getsize(it.path)]
+  assert again == report_
+  assert _examples(remote_dir, tmp_path / "dl2") == want
+
+  # Training reads the bucket dataset (staged to a local cache: ArrayRecord's reader needs local files).
+  monkeypatch.setenv("MASKFEAT_REMOTE_CACHE", str(tmp_path / "cache"))
+  c = tiny_config("gs://bucket/ds")
+  c.data.name = "toy"
+  batch = next(pipeline.make_train_iterator(c))
+  assert batch["video"].shape == (4, 8, 48, 48, 3) and batch["label"].shape == (4,)
+  assert set(batch["label"].tolist()) <= {0, 1, 2}
+
+
+def test_convert_videos_read_from_a_bucket(gcs, video_folder, converted_locally, tmp_path, monkeypatch):
+  _, local_dir = converted_locally
+  staging = _staging(monkeypatch, tmp_path)
+  _upload(video_folder, "gs://bucket/videos")
+  items = label_files.read_label_file(str(video_folder / "list.csv"), "gs://bucket/videos", "train")
+  assert items[0].path == "gs://bucket/videos/blue/vid00.mp4"
+  out = tmp_path / "out"
+  _convert(items, str(out))
+  ds_dir = os.fspath(storage.dataset_dir(out, "toy"))
+  assert _examples(ds_dir, tmp_path) == _examples(local_dir, tmp_path)
+  got, want = _report(ds_dir), _report(local_dir)
+  for x in want["skipped_items"]:  # the same inputs skipped for the same reasons, named by their URL
+    x.update({k: v.replace(str(video_folder), "gs://bucket/videos") for k, v in x.items()})
+  assert got == want
+  assert not os.listdir(staging)  # the videos' temporary copies removed
+
+
+@pytest.mark.slow
+def test_beam_convert_into_a_bucket_and_resume(gcs, converted_locally, tmp_path, monkeypatch):
+  pytest.importorskip("apache_beam", reason="apache-beam is not installed")
+  items, local_dir = converted_locally
+  staging = _staging(monkeypatch, tmp_path)
+  beam = dict(runner="beam", num_workers=2, beam_pipeline_options="direct_num_workers=2")
+  report_ = _convert(items, "gs://bucket/beam", **beam)
+  remote_dir = "gs://bucket/beam/toy/1.0.0"
+  want = _examples(local_dir, tmp_path)
+  assert _examples(remote_dir, tmp_path / "dl") == want
+  assert _report(remote_dir) == _report(local_dir)
+  assert report_["converted"] == 6 and report_["skipped"] == 4
+  assert not [p for p in os.listdir(staging) if p.startswith("maskfeat_")]  # workers removed their staging
+  # Shard 2 lost its sidecar: the rerun's plan (read by the workers from the bucket) holds only shard 2.
+  _lose_sidecar(remote_dir, 2)
+  again = _convert(items, "gs://bucket/beam", **beam)
+  plan = json.loads(epath.Path(remote_dir, build_shards.STATE_DIR, "beam_plan.json").read_text())
+  assert list(plan) == ["train/2"]
+  assert again == report_
+  assert _examples(remote_dir, tmp_path / "dl2") == want
+
+
+def test_converter_bucket_without_credentials_is_one_line(tmp_path):
+  home = tmp_path / "home"  # no gcloud application-default credentials in it
+  home.mkdir()
+  env = _env(None, tmp_path, HOME=str(home), CLOUDSDK_CONFIG=str(home / "gcloud"))
+  cmd = ["timeout", "-k", "10", "120", sys.executable, "-m", "maskfeat_jax.data.build_shards",
+         f"--videos_dir={tmp_path}", f"--labels={tmp_path / 'list.csv'}", "--output_dir=gs://no-such-bucket/ds",
+         "--name=toy", "--noprogress"]
+  t0 = time.time()
+  result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, check=False)
+  lines = [l for l in (result.stdout + result.stderr).strip().splitlines() if l.strip()]
+  assert result.returncode == 2 and len(lines) == 1, result.stdout[-3000:] + result.stderr[-3000:]
+  assert lines[0].startswith("ERROR: --output_dir=gs://no-such-bucket/ds: no Google Cloud credentials") and \
       "STORAGE_EMULATOR_HOST" in lines[0], lines[0]
   assert time.time() - t0 < 60

@@ -11,8 +11,11 @@ its sidecar with `build_shards.convert_shard` (the local runner's code), so the 
 of the local runner. The driver then writes dataset_info and `conversion_report.json` from the sidecars
 (`build_shards.finish`). The rows of every shard go to `.convert/beam_plan.json` in the dataset directory
 and only (split, shard) keys into the pipeline graph: a Kinetics-size label list inlined in the graph would
-exceed a runner's job-size limits (Dataflow: 20 MB). Workers therefore read the plan, the videos and write
-the shards on a file system they share with the driver.
+exceed a runner's job-size limits (Dataflow: 20 MB). Workers therefore read the plan where the driver
+wrote it and write their shards there: with a gs:// output dir both go through the bucket (paths.py; each
+shard staged on the worker's local disk and uploaded, storage.ShardWriter), so workers share no file system
+with the driver; with a local output dir it must be a mount they all see at the same path. The videos are
+read through ordinary file paths on every worker.
 
 Decoding runs in one child process per shard (worker_pool.CrashSafePool), so a decoder crash skips and reports
 its video instead of failing the bundle; bad inputs are skipped and listed as with the local runner.
@@ -22,12 +25,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pathlib
 from typing import Sequence
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from maskfeat_jax import paths
 from maskfeat_jax.data import build_shards
 from maskfeat_jax.data.label_files import Item
 
@@ -57,11 +60,15 @@ def pipeline_args(beam_pipeline_options: str, num_workers: int) -> list[str]:
   return args
 
 
-def _write_plan(ds_dir: pathlib.Path, pending) -> pathlib.Path:
+def _plan_path(ds_dir: str) -> str:
+  return paths.join(ds_dir, build_shards.STATE_DIR, PLAN_FILE)
+
+
+def _write_plan(ds_dir: str, pending) -> str:
   plan = {f"{split}/{k}": {"split": split, "shard": k, "num_shards": n,
                            "rows": [dataclasses.asdict(it) for it in rows]}
           for split, k, n, rows in pending}
-  path = ds_dir / build_shards.STATE_DIR / PLAN_FILE
+  path = _plan_path(ds_dir)
   build_shards._write_json_atomic(path, plan)  # pylint: disable=protected-access
   return path
 
@@ -77,19 +84,20 @@ class ConvertShardDoFn(beam.DoFn):
     self.plan = None
 
   def setup(self):
-    with open(os.path.join(self.ds_dir, build_shards.STATE_DIR, PLAN_FILE)) as f:
+    paths.refresh(self.ds_dir)  # a worker process that served an earlier run may have listed the old plan
+    with paths.open(_plan_path(self.ds_dir)) as f:  # on the bucket when ds_dir is a URL
       self.plan = json.load(f)
 
   def process(self, key: str):
     entry = self.plan[key]
     rows = [Item(**r) for r in entry["rows"]]
-    build_shards.convert_shard(pathlib.Path(self.ds_dir), self.name, entry["split"], entry["shard"],
+    build_shards.convert_shard(self.ds_dir, self.name, entry["split"], entry["shard"],
                                entry["num_shards"], rows, self.class_names, self.options,
                                num_workers=self.decode_processes)
     yield key, len(rows)
 
 
-def run(pending, ds_dir: pathlib.Path, name: str, class_names: Sequence[str], options: build_shards.Options,
+def run(pending, ds_dir: str | os.PathLike, name: str, class_names: Sequence[str], options: build_shards.Options,
         beam_pipeline_options: str = "", *, num_workers: int = 0, decode_processes: int = 1) -> int:
   """Converts and writes every shard of `pending` ((split, shard, num_shards, rows)) with Beam.
 
@@ -98,7 +106,7 @@ def run(pending, ds_dir: pathlib.Path, name: str, class_names: Sequence[str], op
   """
   if not pending:
     return 0
-  ds_dir = pathlib.Path(os.path.abspath(ds_dir))  # workers may run elsewhere / in another cwd
+  ds_dir = paths.resolve(ds_dir)  # absolute: workers may run elsewhere / in another cwd
   # Under `python -m maskfeat_jax.data.build_shards` the caller's Options class is `__main__.Options`, which
   # workers cannot unpickle: rebuild it from the importable module.
   options = build_shards.Options(**dataclasses.asdict(options))
@@ -110,6 +118,6 @@ def run(pending, ds_dir: pathlib.Path, name: str, class_names: Sequence[str], op
          | "ShardKeys" >> beam.Create(keys)
          # Spreads the shards over the workers (Create alone may keep them in one bundle).
          | "Spread" >> beam.Reshuffle()
-         | "ConvertAndWrite" >> beam.ParDo(ConvertShardDoFn(os.fspath(ds_dir), name, class_names, options,
+         | "ConvertAndWrite" >> beam.ParDo(ConvertShardDoFn(ds_dir, name, class_names, options,
                                                                 decode_processes)))
   return len(keys)

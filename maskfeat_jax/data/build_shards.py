@@ -20,6 +20,12 @@ when complete, together with a small sidecar (.convert/) saying what it holds: a
 Bad inputs (missing, empty, truncated, not a video, undecodable) are skipped, counted and listed in
 `conversion_report.json`; dataset_info.json / features.json are (re)written at the end for every finished split.
 
+--output_dir=gs://BUCKET/PATH (any epath URL) writes straight to the bucket: each shard is written in a
+local staging directory and uploaded when complete, the shard first and its sidecar last (a bucket has no
+rename; the sidecar is what marks a shard finished), so a rerun finds finished shards on the bucket.
+--videos_dir may be a URL too: the videos are listed there and each is copied to a temporary file to decode.
+A gs:// path without credentials or emulator (STORAGE_EMULATOR_HOST) fails at once, before any decoding.
+
 --runner=beam runs the same per-shard work as an Apache Beam pipeline (data/beam_pipeline.py; DirectRunner in
 multi_processing mode by default, Dataflow / Flink / Spark through --beam_pipeline_options), for datasets
 larger than one machine converts in reasonable time; the shards and report are the local runner's.
@@ -27,14 +33,15 @@ larger than one machine converts in reasonable time; the shards and report are t
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import os
-import pathlib
 import re
 import sys
+import tempfile
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -43,6 +50,7 @@ from absl import flags
 from absl import logging
 from tqdm import tqdm
 
+from maskfeat_jax import paths
 from maskfeat_jax.data import ava
 from maskfeat_jax.data import ava_convert
 from maskfeat_jax.data import ava_synthetic
@@ -126,16 +134,31 @@ def convert_one(item: Item) -> tuple[str, Any]:
     label = label_index(item, serializer.class_names, _WORKER["lookup"])
   except ValueError as e:
     return "skip", str(e)
-  if not os.path.exists(item.path):
+  if not paths.exists(item.path):
     return "skip", "missing file"
-  if os.path.getsize(item.path) == 0:
+  if paths.getsize(item.path) == 0:
     return "skip", "empty file (0 bytes)"
-  try:
-    frames, fps = decode_video(item.path, options, item.time_start, item.time_end)
-  except Exception as e:  # pylint: disable=broad-except  (PyAV raises many types for bad media)
-    return "skip", f"cannot decode: {type(e).__name__}: {e}"
+  with _local_video(item.path) as local_path:
+    try:
+      frames, fps = decode_video(local_path, options, item.time_start, item.time_end)
+    except Exception as e:  # pylint: disable=broad-except  (PyAV raises many types for bad media)
+      # Named by the input, not by the temporary copy of a URL's video (which is gone after this).
+      return "skip", f"cannot decode: {type(e).__name__}: {e}".replace(local_path, item.path)
   jpegs = [storage.encode_jpeg(f, options.jpeg_quality) for f in frames]
   return "ok", serializer(jpegs, label, item.video_id, fps)
+
+
+@contextlib.contextmanager
+def _local_video(path: str):
+  """`path` itself, or for a URL (gs://...) a local copy removed afterwards: FFmpeg seeks through a
+  container, which over a bucket would be one ranged request per seek."""
+  if not paths.is_remote(path):
+    yield path
+    return
+  with tempfile.TemporaryDirectory(prefix="maskfeat_video_") as tmp:
+    local_path = os.path.join(tmp, path.rsplit("/", 1)[-1])
+    paths.copy(path, local_path)
+    yield local_path
 
 
 # ----------------------------------------------------------------------------------------------- shards
@@ -143,14 +166,38 @@ def _fingerprint(items: Sequence[Item]) -> str:
   return hashlib.sha1("\n".join(f"{it.video_id}\t{it.label}" for it in items).encode()).hexdigest()
 
 
-def _sidecar(ds_dir: pathlib.Path, name: str, split: str, shard: int, num_shards: int) -> pathlib.Path:
-  return ds_dir / STATE_DIR / (storage.shard_filename(name, split, shard, num_shards) + ".json")
+def _sidecar(ds_dir, name: str, split: str, shard: int, num_shards: int) -> str:
+  return paths.join(os.fspath(ds_dir), STATE_DIR, storage.shard_filename(name, split, shard, num_shards) + ".json")
 
 
-def _write_json_atomic(path: pathlib.Path, obj: Any) -> None:
-  tmp = path.with_name(path.name + storage.TMP_SUFFIX)
-  tmp.write_text(json.dumps(obj, indent=1))
+def _write_json_atomic(path, obj: Any) -> None:
+  path, text = os.fspath(path), json.dumps(obj, indent=1)
+  if paths.is_remote(path):
+    # A bucket has no rename, and needs none: an object appears only once its upload has completed.
+    with paths.open(path, "w") as f:
+      f.write(text)
+    return
+  tmp = path + storage.TMP_SUFFIX
+  with open(tmp, "w") as f:
+    f.write(text)
   os.replace(tmp, path)
+
+
+def _read_json(path) -> Any:
+  with paths.open(os.fspath(path)) as f:
+    return json.load(f)
+
+
+def _listing(directory) -> set[str]:
+  """Names in `directory` (empty if it does not exist), listed afresh: on a bucket, what other processes
+  (Beam workers, an earlier run) wrote may be newer than gcsfs's cached listing, and one listing is one
+  request where a check per shard file would be two."""
+  directory = os.fspath(directory)
+  paths.refresh(directory)
+  try:
+    return set(paths.listdir(directory))
+  except FileNotFoundError:
+    return set()
 
 
 def plan_shards(items: Sequence[Item], examples_per_shard: int) -> dict[str, list[list[Item]]]:
@@ -165,36 +212,45 @@ def plan_shards(items: Sequence[Item], examples_per_shard: int) -> dict[str, lis
   return plan
 
 
-def _check_existing_shards(ds_dir: pathlib.Path, name: str, split: str, num_shards: int) -> None:
+def _check_existing_shards(ds_dir, name: str, split: str, num_shards: int, present: set[str]) -> None:
   pattern = re.compile(re.escape(f"{name}-{split}.{storage.FILE_FORMAT}-") + r"\d{5}-of-(\d{5})$")
-  for p in ds_dir.iterdir():
-    m = pattern.match(p.name)
+  for filename in sorted(present):
+    m = pattern.match(filename)
     if m and int(m.group(1)) != num_shards:
+      p = paths.join(os.fspath(ds_dir), filename)
       raise ValueError(f"{p} was written with {int(m.group(1))} shards but this run plans {num_shards} for split "
                        f"{split!r}; rerun with the same --examples_per_shard and label file, or a new output dir.")
 
 
-def _finished(ds_dir, name, split, shard, num_shards, rows) -> dict | None:
-  """The sidecar of a finished shard (None if it must be (re)written); errors if the input changed."""
-  path = ds_dir / storage.shard_filename(name, split, shard, num_shards)
-  side = _sidecar(ds_dir, name, split, shard, num_shards)
-  if not (path.is_file() and side.is_file()):
+def _finished(ds_dir, name, split, shard, num_shards, rows, present: set[str], sidecars: set[str]) -> dict | None:
+  """The sidecar of a finished shard (None if it must be (re)written); errors if the input changed.
+
+  `present` / `sidecars`: the names in ds_dir / ds_dir/STATE_DIR (`_listing`).
+  """
+  filename = storage.shard_filename(name, split, shard, num_shards)
+  path = paths.join(os.fspath(ds_dir), filename)
+  if filename not in present or filename + ".json" not in sidecars:
     return None
-  meta = json.loads(side.read_text())
+  meta = _read_json(_sidecar(ds_dir, name, split, shard, num_shards))
   if meta.get("fingerprint") != _fingerprint(rows):
     raise ValueError(f"{path} was written from a different label list; use a new output dir or the same list.")
   return meta
 
 
-def pending_shards(items: Sequence[Item], ds_dir: pathlib.Path, name: str,
+def pending_shards(items: Sequence[Item], ds_dir, name: str,
                    examples_per_shard: int) -> list[tuple[str, int, int, list[Item]]]:
-  """(split, shard, num_shards, rows) of every shard still to write (a finished one is skipped)."""
+  """(split, shard, num_shards, rows) of every shard still to write (a finished one is skipped).
+
+  `ds_dir` may be a URL (gs://...): finished shards are then found on the bucket.
+  """
   plan = plan_shards(items, examples_per_shard)
+  present = _listing(ds_dir)
+  sidecars = _listing(paths.join(os.fspath(ds_dir), STATE_DIR))
   pending = []
   for split, shards in sorted(plan.items()):
-    _check_existing_shards(ds_dir, name, split, len(shards))
+    _check_existing_shards(ds_dir, name, split, len(shards), present)
     for k, rows in enumerate(shards):
-      if _finished(ds_dir, name, split, k, len(shards), rows) is None:
+      if _finished(ds_dir, name, split, k, len(shards), rows, present, sidecars) is None:
         pending.append((split, k, len(shards), rows))
       else:
         logging.info("Shard %d of split %s already written; skipping.", k, split)
@@ -216,8 +272,11 @@ def convert(items: Sequence[Item], output_dir: str, name: str, class_names: Sequ
   """
   if runner not in RUNNERS:
     raise ValueError(f"--runner={runner!r}: expected one of {RUNNERS}.")
-  ds_dir = storage.dataset_dir(output_dir, name, version)
-  (ds_dir / STATE_DIR).mkdir(parents=True, exist_ok=True)
+  ds_dir = os.fspath(storage.dataset_dir(output_dir, name, version))
+  if paths.is_remote(ds_dir):
+    paths.check_remote_dir(ds_dir)  # before any decoding: without credentials gcsfs would retry for a minute
+  else:
+    os.makedirs(os.path.join(ds_dir, STATE_DIR), exist_ok=True)  # a bucket needs no directories
   pending = pending_shards(items, ds_dir, name, examples_per_shard)
   if runner == "beam":
     try:  # apache-beam is an optional extra: imported only for this runner
@@ -239,9 +298,11 @@ def convert(items: Sequence[Item], output_dir: str, name: str, class_names: Sequ
   return finish(ds_dir, name, class_names, version)
 
 
-def convert_shard(ds_dir: pathlib.Path, name: str, split: str, k: int, num_shards: int, rows: Sequence[Item],
+def convert_shard(ds_dir, name: str, split: str, k: int, num_shards: int, rows: Sequence[Item],
                   class_names: Sequence[str], options: Options, num_workers: int = 1) -> None:
   """Decodes, resizes, encodes and writes one shard (with its sidecar): the unit of work of a Beam worker.
+
+  `ds_dir` may be a URL (gs://...): the shard is staged locally and uploaded (storage.ShardWriter).
 
   num_workers=1 decodes in one child process, so a decoder that crashes the process skips only its video
   (worker_pool.CrashSafePool) instead of failing the Beam bundle; 0 decodes in this process.
@@ -267,7 +328,14 @@ def _progress(total: int, enabled: bool):
 
 
 def _write_one_shard(ds_dir, name, split, k, num_shards, rows, results, bar) -> None:
-  writer = storage.ShardWriter(ds_dir / storage.shard_filename(name, split, k, num_shards))
+  ds_dir = os.fspath(ds_dir)
+  remote = paths.is_remote(ds_dir)
+  sidecar = _sidecar(ds_dir, name, split, k, num_shards)
+  if remote:
+    # A sidecar left without its shard would mark the new shard finished the moment its upload completes,
+    # before this run has written the sidecar that describes it.
+    paths.remove(sidecar)
+  writer = storage.ShardWriter(paths.join(ds_dir, storage.shard_filename(name, split, k, num_shards)))
   skipped = []
   try:
     for item in rows:
@@ -283,23 +351,32 @@ def _write_one_shard(ds_dir, name, split, k, num_shards, rows, results, bar) -> 
   except BaseException:
     writer.abort()
     raise
-  # Sidecar first: a shard file under its final name always has one, so a rerun can trust it.
-  _write_json_atomic(_sidecar(ds_dir, name, split, k, num_shards),
-                     {"count": writer.count, "skipped": skipped, "fingerprint": _fingerprint(rows)})
-  writer.close()
+  meta = {"count": writer.count, "skipped": skipped, "fingerprint": _fingerprint(rows)}
+  if remote:
+    # No rename on a bucket: the shard is uploaded first and the sidecar that marks it finished last, so
+    # a kill between the two leaves a shard without sidecar, which a rerun converts again.
+    writer.close()
+    _write_json_atomic(sidecar, meta)
+  else:
+    # Sidecar first: a shard file under its final name always has one, so a rerun can trust it.
+    _write_json_atomic(sidecar, meta)
+    writer.close()
 
 
-def finish(ds_dir: pathlib.Path, name: str, class_names: Sequence[str], version: str) -> dict[str, Any]:
-  """Writes dataset_info for every split whose shards are all finished, and the report."""
+def finish(ds_dir, name: str, class_names: Sequence[str], version: str) -> dict[str, Any]:
+  """Writes dataset_info for every split whose shards are all finished, and the report (on a bucket too)."""
+  ds_dir = os.fspath(ds_dir)
+  state_dir = paths.join(ds_dir, STATE_DIR)
   lengths = collections.defaultdict(dict)
   skipped = []
   pattern = re.compile(re.escape(f"{name}-") + r"(.+)\." + storage.FILE_FORMAT + r"-(\d{5})-of-(\d{5})\.json$")
-  for side in sorted((ds_dir / STATE_DIR).glob("*.json")):
-    m = pattern.match(side.name)
-    if not m or not (ds_dir / side.name[:-len(".json")]).is_file():
+  present = _listing(ds_dir)
+  for side_name in sorted(_listing(state_dir)):
+    m = pattern.match(side_name)
+    if not m or side_name[:-len(".json")] not in present:
       continue
     split, k, n = m.group(1), int(m.group(2)), int(m.group(3))
-    meta = json.loads(side.read_text())
+    meta = _read_json(paths.join(state_dir, side_name))
     lengths[(split, n)][k] = meta["count"]
     skipped.extend(meta["skipped"])
   complete = {}
@@ -320,13 +397,13 @@ def finish(ds_dir: pathlib.Path, name: str, class_names: Sequence[str], version:
       "skipped": len(skipped),
       "skipped_items": skipped,
   }
-  _write_json_atomic(ds_dir / REPORT_FILE, report)
+  _write_json_atomic(paths.join(ds_dir, REPORT_FILE), report)
   return report
 
 
 def _existing_class_names(output_dir: str, name: str, version: str) -> list[str] | None:
   ds_dir = storage.dataset_dir(output_dir, name, version)
-  if (ds_dir / "dataset_info.json").is_file():
+  if paths.isfile(ds_dir / "dataset_info.json"):
     return list(storage.read_meta(ds_dir).class_names)
   return None
 
@@ -401,6 +478,12 @@ def main_ava() -> int:
   return 0
 
 
+def _fail(message: str) -> None:
+  """One line on stderr, exit status 2 (absl's UsageError would print the whole help text first)."""
+  print(f"ERROR: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
 def main(argv: Sequence[str]) -> int:
   del argv
   if FLAGS.mode == "ava":
@@ -409,9 +492,15 @@ def main(argv: Sequence[str]) -> int:
     if not FLAGS[flag].value:
       raise app.UsageError(f"--{flag} is required")
   videos_dir = os.path.expanduser(FLAGS.videos_dir)
-  if not os.path.isdir(videos_dir):
-    raise app.UsageError(f"--videos_dir {videos_dir} is not a directory")
   output_dir = os.path.expanduser(FLAGS.output_dir)
+  for flag, path in (("videos_dir", videos_dir), ("output_dir", output_dir)):
+    if paths.is_remote(path):
+      try:  # before reading the label file and decoding anything
+        paths.check_remote_dir(path)
+      except paths.RemotePathError as e:
+        _fail(f"--{flag}={e}")
+  if not paths.isdir(videos_dir):
+    raise app.UsageError(f"--videos_dir {videos_dir} is not a directory")
   items = read_label_file(os.path.expanduser(FLAGS.labels), videos_dir, FLAGS.split)
   names = class_names_for(items, FLAGS.class_names, FLAGS.ssv2_label_map,
                           _existing_class_names(output_dir, FLAGS.name, FLAGS.version))

@@ -17,6 +17,8 @@ import pathlib
 import re
 from typing import Any, Sequence
 
+from maskfeat_jax import paths
+
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv")
 
 
@@ -34,7 +36,12 @@ class Item:
 
 
 def index_videos(videos_dir: str) -> dict[str, str]:
-  """Maps file stem -> path for every video file under videos_dir (sorted walk: deterministic on duplicates)."""
+  """Maps file stem -> path for every video file under videos_dir (sorted walk: deterministic on duplicates).
+
+  A URL videos_dir (gs://...) is listed in one request; on duplicate stems the first URL in sorted order wins.
+  """
+  if paths.is_remote(videos_dir):
+    return _index_names(paths.find_files(videos_dir))
   index = {}
   for root, dirs, files in os.walk(videos_dir):
     dirs.sort()
@@ -45,9 +52,18 @@ def index_videos(videos_dir: str) -> dict[str, str]:
   return index
 
 
+def _index_names(urls: Sequence[str]) -> dict[str, str]:
+  index = {}
+  for url in urls:
+    stem, ext = os.path.splitext(url.rsplit("/", 1)[-1])
+    if ext.lower() in VIDEO_EXTENSIONS or ext == "":
+      index.setdefault(stem, url)
+  return index
+
+
 def _pattern(videos_dir: str, stem: str) -> str:
   """The files `index_videos` would match for `stem`: the path reported when none exists."""
-  return os.path.join(videos_dir, "**", f"{stem}.*")
+  return paths.join(videos_dir, "**", f"{stem}.*")
 
 
 def _read_kinetics(rows: list[dict[str, str]], videos_dir: str, label_file: str) -> list[Item]:
@@ -79,7 +95,7 @@ def _read_path_list(lines: list[str], videos_dir: str, split: str, label_file: s
     rel, label = parts
     if line_no == 1 and rel.lower() in ("path", "video", "filename", "file") and label.lower() in ("label", "class"):
       continue  # header
-    path = rel if os.path.isabs(rel) else os.path.join(videos_dir, rel)
+    path = rel if os.path.isabs(rel) or paths.is_remote(rel) else paths.join(videos_dir, rel)
     video_id = os.path.splitext(rel)[0]
     items.append(Item(video_id, path, label, split))
   return items

@@ -20,11 +20,14 @@ import io
 import json
 import os
 import pathlib
+import shutil
+import tempfile
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 import grain
 import simplejpeg
+from etils import epath
 # Imported here, not on first use: Grain's read threads would race to import it, and TFDS's lazy imports
 # (etils LazyModule, a functools.cached_property with one lock for all instances) then deadlock against
 # the import lock (seen: a data worker hung on its first batch). TFDS imports no TensorFlow.
@@ -85,7 +88,11 @@ class VideoExampleSerializer:
 
 
 # ----------------------------------------------------------------------------------------------- writing
-def dataset_dir(data_dir: str | os.PathLike, name: str, version: str = DEFAULT_VERSION) -> pathlib.Path:
+def dataset_dir(data_dir: str | os.PathLike, name: str, version: str = DEFAULT_VERSION) -> pathlib.Path | epath.Path:
+  """DATA_DIR/NAME/VERSION: a pathlib.Path locally, an epath.Path for a URL (pathlib would turn gs://b
+  into gs:/b)."""
+  if paths.is_remote(data_dir):
+    return epath.Path(paths.resolve(data_dir)) / name / version
   return pathlib.Path(os.path.expanduser(os.fspath(data_dir))) / name / version
 
 
@@ -98,11 +105,17 @@ class ShardWriter:
 
   A crash mid-shard leaves only the `.incomplete` file, which no reader or resumed run treats as a shard.
   Records arrive one by one (e.g. from the converter's process pool); `write_shard` writes an iterable.
+  For a URL `path` (gs://...), whose object store has no rename and which the array_record writer cannot
+  open, the shard is written in a local staging directory of its own and uploaded by `close()` (the object
+  appears only when the upload completes); the staging directory is removed either way.
   """
 
   def __init__(self, path: str | os.PathLike):
     self.path = os.fspath(path)
-    self._tmp = self.path + TMP_SUFFIX
+    self._staging = tempfile.mkdtemp(prefix="maskfeat_shard_") if paths.is_remote(self.path) else None
+    local = os.path.join(self._staging, os.path.basename(self.path)) if self._staging else self.path
+    self._local = local
+    self._tmp = local + TMP_SUFFIX
     self._writer = array_record_module.ArrayRecordWriter(self._tmp, "group_size:1")
     self.count = 0
 
@@ -113,7 +126,12 @@ class ShardWriter:
   def close(self) -> None:
     """Finishes the shard and makes it visible under its final name."""
     self._writer.close()
-    os.replace(self._tmp, self.path)
+    os.replace(self._tmp, self._local)
+    if self._staging:
+      try:
+        paths.copy(self._local, self.path)
+      finally:
+        shutil.rmtree(self._staging, ignore_errors=True)
 
   def abort(self) -> None:
     """Drops the partial shard (an interrupted run leaves nothing that looks like a shard)."""
@@ -122,6 +140,8 @@ class ShardWriter:
     finally:
       if os.path.exists(self._tmp):
         os.remove(self._tmp)
+      if self._staging:
+        shutil.rmtree(self._staging, ignore_errors=True)
 
 
 def write_shard(path: str | os.PathLike, records: Iterable[bytes]) -> int:
@@ -140,12 +160,13 @@ def write_shard(path: str | os.PathLike, records: Iterable[bytes]) -> int:
 def write_dataset_info(ds_dir: str | os.PathLike, name: str, class_names: Sequence[str],
                        split_shard_lengths: dict[str, Sequence[int]], *, description: str = "",
                        version: str = DEFAULT_VERSION, image_mode: bool = False) -> None:
-  """Writes dataset_info.json / features.json for shards already in `ds_dir` (TFDS `write_metadata`)."""
-  ds_dir = pathlib.Path(ds_dir)
+  """Writes dataset_info.json / features.json for shards already in `ds_dir` (TFDS `write_metadata`; a URL
+  `ds_dir` is written through epath like the shards)."""
+  ds_dir = epath.Path(ds_dir) if paths.is_remote(ds_dir) else pathlib.Path(ds_dir)
   features = image_features(class_names) if image_mode else video_features(class_names)
   split_infos = []
   for split, lengths in sorted(split_shard_lengths.items()):
-    num_bytes = sum((ds_dir / shard_filename(name, split, i, len(lengths))).stat().st_size
+    num_bytes = sum(paths.getsize(ds_dir / shard_filename(name, split, i, len(lengths)))
                     for i in range(len(lengths)))
     template = tfds.core.ShardedFileTemplate(data_dir=ds_dir, template=FILENAME_TEMPLATE, dataset_name=name,
                                              split=split, filetype_suffix=FILE_FORMAT)
@@ -220,8 +241,9 @@ def find_dataset_dir(data_dir: str | os.PathLike, name: str) -> pathlib.Path | N
 
 
 def read_meta(ds_dir: str | os.PathLike) -> DatasetMeta:
-  """Reads split files / sizes and class names of a TFDS array_record directory (no TensorFlow)."""
-  ds_dir = pathlib.Path(ds_dir)
+  """Reads split files / sizes and class names of a TFDS array_record directory (no TensorFlow; a URL
+  `ds_dir` through epath, e.g. the converter's check of a bucket's class names before a rerun)."""
+  ds_dir = epath.Path(ds_dir) if paths.is_remote(ds_dir) else pathlib.Path(ds_dir)
   builder = tfds.builder_from_directory(os.fspath(ds_dir))
   info = builder.info
   file_format = str(getattr(info.file_format, "value", info.file_format))
