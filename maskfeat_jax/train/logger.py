@@ -120,7 +120,12 @@ class MetricsWriter:
       self._jsonl = paths.AppendFile(path)
       if tensorboard:
         from tensorboardX import SummaryWriter  # TensorFlow-free event writer (gs:// via google-cloud-storage)
-        self._tb = SummaryWriter(paths.join(workdir, "tb"), purge_step=start_step)
+        # tensorboardX names an event file by the second it was opened (and the host) and opens it with
+        # "wb": a second writer in the same second (a finished run rerun at once, a quick resume) would
+        # truncate the first's events. A nanosecond suffix makes every name unique and keeps them in time
+        # order (TensorBoard and the purge at a restart read files in name order).
+        self._tb = SummaryWriter(paths.join(workdir, "tb"), purge_step=start_step,
+                                 filename_suffix=f".{time.time_ns()}")
         for row in kept_at_start:
           self._add_tb(start_step, {k: v for k, v in row.items() if k not in ("step", "time")})
     self._last_step = start_step

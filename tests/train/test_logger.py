@@ -114,3 +114,20 @@ def test_fresh_start_supersedes_rows_of_a_run_killed_before_its_first_checkpoint
   rows = _rows(tmp_path)
   assert [(x["step"], x["loss"]) for x in rows] == [(1, 1.0)]
   assert not os.path.exists(tmp_path / "metrics.jsonl.tmp")
+
+
+def test_two_writers_opened_in_the_same_second_keep_both_event_files(tmp_path, monkeypatch):
+  # tensorboardX names event files by the second; a second writer then truncated the first's file (seen in
+  # CI: a rerun of a finished run within a second of the resumed run lost the resumed run's points).
+  import tensorboardX.event_file_writer as efw  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(efw.time, "time", lambda: 1_700_000_000.25)
+  first = logger.MetricsWriter(str(tmp_path), total_steps=4, batch_size=1, stream=open(os.devnull, "w"))
+  first.scalars(1, {"loss": 1.0})
+  first.scalars(2, {"loss": 2.0})
+  first.close()
+  second = logger.MetricsWriter(str(tmp_path), total_steps=4, batch_size=1, start_step=2,
+                                stream=open(os.devnull, "w"))
+  second.scalars(3, {"loss": 3.0})
+  second.close()
+  assert len(glob.glob(str(tmp_path / "tb" / "events.out.tfevents.*"))) == 2
+  assert [s for s, _ in _tb_points(tmp_path / "tb", "loss")] == [1, 2, 3]
