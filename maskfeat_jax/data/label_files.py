@@ -40,25 +40,21 @@ def index_videos(videos_dir: str) -> dict[str, str]:
 
   A URL videos_dir (gs://...) is listed in one request; on duplicate stems the first URL in sorted order wins.
   """
-  if paths.is_remote(videos_dir):
-    return _index_names(paths.find_files(videos_dir))
+  files = paths.find_files(videos_dir) if paths.is_remote(videos_dir) else _walk_files(videos_dir)
   index = {}
-  for root, dirs, files in os.walk(videos_dir):
+  for path in files:
+    stem, ext = os.path.splitext(path.rsplit("/", 1)[-1])
+    if ext.lower() in VIDEO_EXTENSIONS or ext == "":
+      index.setdefault(stem, path)
+  return index
+
+
+def _walk_files(directory: str):
+  """Every file under a local directory, directories and names in sorted order."""
+  for root, dirs, files in os.walk(directory):
     dirs.sort()
     for name in sorted(files):
-      stem, ext = os.path.splitext(name)
-      if ext.lower() in VIDEO_EXTENSIONS or ext == "":
-        index.setdefault(stem, os.path.join(root, name))
-  return index
-
-
-def _index_names(urls: Sequence[str]) -> dict[str, str]:
-  index = {}
-  for url in urls:
-    stem, ext = os.path.splitext(url.rsplit("/", 1)[-1])
-    if ext.lower() in VIDEO_EXTENSIONS or ext == "":
-      index.setdefault(stem, url)
-  return index
+      yield os.path.join(root, name)
 
 
 def _pattern(videos_dir: str, stem: str) -> str:
