@@ -59,15 +59,8 @@ def _depthwise_fwd(x, kernel, stride):
 def _depthwise_bwd(stride, residuals, g):
   x, kernel = residuals
   kernel_size = kernel.shape[:3]
-  out_size = g.shape[1:4]
   xp = pad_same(x, kernel_size)
-  # Kernel gradient: per tap, sum of tap(xp) * g over all positions. Summing over the short leading axes
-  # (batch, time) first is an elementwise-shaped loop XLA vectorises along C; the remaining [taps, H, W, C]
-  # partials are then reduced one axis at a time (a single reduction over all positions per tap is ~3x
-  # slower on XLA:CPU). Accumulated in float32 whatever the compute dtype.
-  partials = jnp.stack([jnp.sum((tap_slice(xp, tap, stride, out_size) * g).astype(jnp.float32), axis=(0, 1))
-                        for tap in kernel_taps(kernel_size)])
-  dkernel = jnp.sum(jnp.sum(partials, axis=1), axis=1).reshape(kernel.shape).astype(kernel.dtype)
+  dkernel = _kernel_grad(xp, g, kernel_size, stride).reshape(kernel.shape).astype(kernel.dtype)
   # Input gradient = the transposed convolution: g dilated by the stride, padded by k-1 (and up to the
   # padded input's size), then the same shifted-slice sum with the kernel flipped; crop the padding off.
   padded_size = xp.shape[1:4]
@@ -77,6 +70,28 @@ def _depthwise_bwd(stride, residuals, g):
     term = transposed_tap(gpad, kernel_size, tap, padded_size) * kernel[tap + (0,)].astype(g.dtype)
     dxp = term if dxp is None else dxp + term
   return crop_same(dxp, kernel_size, x.shape).astype(x.dtype), dkernel
+
+
+def _kernel_grad(xp, g, kernel_size, stride):
+  """[taps, C] kernel gradient: per tap, the sum over all positions of tap(xp) * g, in float32.
+
+  One variadic reduction with an output per tap: XLA fuses the 27 products into a single loop that reads
+  xp and g once. Channels first (one transpose of each), so every tap's sum runs along contiguous memory:
+  XLA:CPU emits a reduction that keeps the minor (channel) axis as a strided scalar loop per channel,
+  several times slower. Per-tap reductions (what autodiff of the shifted slices gives) cost one kernel and
+  one pass over the tensors each (figures in BENCHMARKS.md, "Model step on CPU").
+  """
+  xt = jnp.moveaxis(xp, -1, 0).astype(jnp.float32)  # [C, N, T, H, W]
+  gt = jnp.moveaxis(g, -1, 0).astype(jnp.float32)
+  out_size = g.shape[1:4]
+  products = []
+  for tap in kernel_taps(kernel_size):
+    limit = (xt.shape[0], xt.shape[1]) + tuple(o + s * (n - 1) + 1 for o, s, n in zip(tap, stride, out_size))
+    products.append(jax.lax.slice(xt, (0, 0) + tuple(tap), limit, (1, 1) + tuple(stride)) * gt)
+  n = len(products)
+  sums = jax.lax.reduce(tuple(products), tuple(jnp.float32(0) for _ in range(n)),
+                        lambda a, b: tuple(a[i] + b[i] for i in range(n)), (1, 2, 3, 4))
+  return jnp.stack(sums)
 
 
 def dilate_for_transpose(g, kernel_size, stride, padded_size, fill):
