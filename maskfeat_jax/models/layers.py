@@ -98,34 +98,51 @@ def rel_pos_distance(q_size: int, k_size: int) -> np.ndarray:
   return dist.astype(np.int64)
 
 
-def add_rel_pos(attn, q, has_cls: bool, q_shape, k_shape, rel_pos_h=None, rel_pos_w=None,
-                rel_pos_t=None):
-  """attn[B,h,Nq,Nk] + decomposed rel-pos terms on the non-cls block, in the official summation order.
+def _rel_pos_terms(q, has_cls: bool, q_shape, k_shape, rel_pos_h=None, rel_pos_w=None, rel_pos_t=None):
+  """The decomposed rel-pos terms of every query, side by side: ([B, h, Nq, R], key dims).
 
-  `q` is the pooled, normed and UNscaled query [B,h,Nq,d]; the terms are added after q·k scaling.
+  Columns: rel_t (one per key time index, if temporal), then rel_h and rel_w (one per key row / column, if
+  spatial), i.e. `slowfast/models/attention.py::cal_rel_pos_spatial` / `cal_rel_pos_temporal`'s einsums of
+  the pooled, normed, unscaled query with the resized, distance-indexed tables. The cls query's row is zero.
   """
   sp = 1 if has_cls else 0
   qt, qh, qw = q_shape
   kt, kh, kw = k_shape
-  b, nh, _, d = q.shape
+  b, nh, nq, d = q.shape
   r_q = q[:, :, sp:].reshape(b, nh, qt, qh, qw, d)
-  a = attn[:, :, sp:, sp:].reshape(b, nh, qt, qh, qw, kt, kh, kw)
+  terms, dims = [], []
+  if rel_pos_t is not None:
+    r_t = resize_rel_pos(rel_pos_t, 2 * max(qt, kt) - 1)[rel_pos_distance(qt, kt)]
+    terms.append(jnp.einsum("bythwc,tkc->bythwk", r_q, r_t))
+    dims.append(0)
   if rel_pos_h is not None:
     r_h = resize_rel_pos(rel_pos_h, 2 * max(qh, kh) - 1)[rel_pos_distance(qh, kh)]
     r_w = resize_rel_pos(rel_pos_w, 2 * max(qw, kw) - 1)[rel_pos_distance(qw, kw)]
-    rel_h = jnp.einsum("bythwc,hkc->bythwk", r_q, r_h)
-    rel_w = jnp.einsum("bythwc,wkc->bythwk", r_q, r_w)
-    a = a + rel_h[:, :, :, :, :, None, :, None] + rel_w[:, :, :, :, :, None, None, :]
-  if rel_pos_t is not None:
-    r_t = resize_rel_pos(rel_pos_t, 2 * max(qt, kt) - 1)[rel_pos_distance(qt, kt)]
-    rel_t = jnp.einsum("bythwc,tkc->bythwk", r_q, r_t)
-    a = a + rel_t[:, :, :, :, :, :, None, None]
-  a = a.reshape(b, nh, qt * qh * qw, kt * kh * kw)
-  if not sp:
-    return a
-  # Reassemble around the untouched cls row / column (no scatter).
-  bottom = jnp.concatenate([attn[:, :, 1:, :1], a], axis=-1)
-  return jnp.concatenate([attn[:, :, :1, :], bottom], axis=2)
+    terms.append(jnp.einsum("bythwc,hkc->bythwk", r_q, r_h))
+    terms.append(jnp.einsum("bythwc,wkc->bythwk", r_q, r_w))
+    dims += [1, 2]
+  rel = jnp.concatenate([t.reshape(b, nh, nq - sp, -1) for t in terms], axis=-1).astype(q.dtype)
+  if sp:
+    rel = jnp.pad(rel, [(0, 0), (0, 0), (1, 0), (0, 0)])
+  return rel, dims
+
+
+def add_rel_pos(attn, q, has_cls: bool, q_shape, k_shape, rel_pos_h=None, rel_pos_w=None,
+                rel_pos_t=None):
+  """attn[B,h,Nq,Nk] + the decomposed rel-pos terms on the non-cls block (cls row and column untouched).
+
+  `q` is the pooled, normed and UNscaled query [B,h,Nq,d]; the terms are added after q·k scaling, as in
+  the official code. The term of query i and key j is rel_t[i, t(j)] + rel_h[i, h(j)] + rel_w[i, w(j)]:
+  one small matmul of the side-by-side terms with one-hot indicators of each key's (t, h, w). On CPU that
+  is cheaper than broadcasting the terms over the [.., kt, kh, kw] key grid (minor axes of 7) and
+  reassembling the cls row and column (figures in BENCHMARKS.md, "Model step on CPU"); the sums are the
+  official ones in another order.
+  """
+  if rel_pos_h is None and rel_pos_t is None:
+    return attn
+  rel, dims = _rel_pos_terms(q, has_cls, q_shape, k_shape, rel_pos_h, rel_pos_w, rel_pos_t)
+  onehot = jnp.asarray(_key_indicators(k_shape, has_cls, dims, rel.dtype))
+  return attn + jnp.einsum("bhqr,kr->bhqk", rel, onehot).astype(attn.dtype)
 
 
 def _key_indicators(k_shape, has_cls: bool, dims: Sequence[int], dtype) -> np.ndarray:
@@ -148,27 +165,10 @@ def folded_attention(q, k, v, scale: float, has_cls: bool, q_shape, k_shape, rel
   rel-pos tables through q. v is zero-padded to the widened head dim and the output cut back.
   q, k, v: [B, heads, N, d]; returns [B, heads, Nq, d].
   """
-  sp = 1 if has_cls else 0
-  qt, qh, qw = q_shape
-  kt, kh, kw = k_shape
-  b, nh, nq, d = q.shape
-  r_q = q[:, :, sp:].reshape(b, nh, qt, qh, qw, d)
-  terms, dims = [], []
-  if rel_pos_t is not None:
-    r_t = resize_rel_pos(rel_pos_t, 2 * max(qt, kt) - 1)[rel_pos_distance(qt, kt)]
-    terms.append(jnp.einsum("bythwc,tkc->bythwk", r_q, r_t))
-    dims.append(0)
-  if rel_pos_h is not None:
-    r_h = resize_rel_pos(rel_pos_h, 2 * max(qh, kh) - 1)[rel_pos_distance(qh, kh)]
-    r_w = resize_rel_pos(rel_pos_w, 2 * max(qw, kw) - 1)[rel_pos_distance(qw, kw)]
-    terms.append(jnp.einsum("bythwc,hkc->bythwk", r_q, r_h))
-    terms.append(jnp.einsum("bythwc,wkc->bythwk", r_q, r_w))
-    dims += [1, 2]
+  d = q.shape[-1]
   q_wide, k_wide = q * jnp.asarray(scale, q.dtype), k
-  if terms:
-    rel = jnp.concatenate([t.reshape(b, nh, nq - sp, -1) for t in terms], axis=-1).astype(q.dtype)
-    if sp:
-      rel = jnp.concatenate([jnp.zeros((b, nh, 1, rel.shape[-1]), rel.dtype), rel], axis=2)
+  if rel_pos_h is not None or rel_pos_t is not None:
+    rel, dims = _rel_pos_terms(q, has_cls, q_shape, k_shape, rel_pos_h, rel_pos_w, rel_pos_t)
     onehot = jnp.asarray(_key_indicators(k_shape, has_cls, dims, k.dtype))
     q_wide = jnp.concatenate([q_wide, rel], axis=-1)
     k_wide = jnp.concatenate([k, jnp.broadcast_to(onehot, k.shape[:2] + onehot.shape)], axis=-1)

@@ -87,7 +87,31 @@ def test_max_pool_ties_go_to_the_first_tap_as_torch():
       x.astype(jnp.bfloat16)).dtype == jnp.bfloat16
 
 
+def _official_rel_pos(attn, q, has_cls, q_shape, k_shape, rel_pos_h, rel_pos_w, rel_pos_t=None):
+  """The official form (`slowfast/models/attention.py::cal_rel_pos_spatial`, `cal_rel_pos_temporal`): the
+  per-query terms broadcast over the key grid and added to the non-cls block, spatial first."""
+  sp = 1 if has_cls else 0
+  (qt, qh, qw), (kt, kh, kw) = q_shape, k_shape
+  b, nh, _, d = q.shape
+  r_q = q[:, :, sp:].reshape(b, nh, qt, qh, qw, d)
+  a = attn[:, :, sp:, sp:].reshape(b, nh, qt, qh, qw, kt, kh, kw)
+  r_h = layers.resize_rel_pos(rel_pos_h, 2 * max(qh, kh) - 1)[layers.rel_pos_distance(qh, kh)]
+  r_w = layers.resize_rel_pos(rel_pos_w, 2 * max(qw, kw) - 1)[layers.rel_pos_distance(qw, kw)]
+  rel_h = jnp.einsum("bythwc,hkc->bythwk", r_q, r_h)
+  rel_w = jnp.einsum("bythwc,wkc->bythwk", r_q, r_w)
+  a = a + rel_h[:, :, :, :, :, None, :, None] + rel_w[:, :, :, :, :, None, None, :]
+  if rel_pos_t is not None:
+    r_t = layers.resize_rel_pos(rel_pos_t, 2 * max(qt, kt) - 1)[layers.rel_pos_distance(qt, kt)]
+    a = a + jnp.einsum("bythwc,tkc->bythwk", r_q, r_t)[:, :, :, :, :, :, None, None]
+  return attn.at[:, :, sp:, sp:].set(a.reshape(b, nh, qt * qh * qw, kt * kh * kw))
+
+
 def _reference_attention(q, k, v, scale, has_cls, q_shape, k_shape, **tables):
+  attn = _official_rel_pos(jnp.einsum("bhqd,bhkd->bhqk", q * scale, k), q, has_cls, q_shape, k_shape, **tables)
+  return jnp.einsum("bhqk,bhkd->bhqd", jax.nn.softmax(attn, axis=-1), v)
+
+
+def _xla_attention(q, k, v, scale, has_cls, q_shape, k_shape, **tables):
   attn = layers.add_rel_pos(jnp.einsum("bhqd,bhkd->bhqk", q * scale, k), q, has_cls, q_shape, k_shape, **tables)
   return jnp.einsum("bhqk,bhkd->bhqd", jax.nn.softmax(attn, axis=-1), v)
 
@@ -97,7 +121,11 @@ def _reference_attention(q, k, v, scale, has_cls, q_shape, k_shape, **tables):
     (False, (2, 4, 4), (2, 4, 4), True),
     (True, (1, 3, 3), (1, 3, 3), False),
 ])
-def test_folded_rel_pos_attention_equals_explicit_logits(has_cls, q_shape, k_shape, temporal):
+@pytest.mark.parametrize("impl", ["xla", "flash"])
+def test_rel_pos_attention_equals_the_official_broadcast_form(impl, has_cls, q_shape, k_shape, temporal):
+  """Both attention paths (`add_rel_pos`'s one-hot matmul; the folded q·k of 'flash') against the official
+  broadcast-and-add, outputs and the gradients of q, k, v and the tables."""
+  fn = _xla_attention if impl == "xla" else layers.folded_attention
   rng = np.random.default_rng(2)
   b, heads, d = 2, 2, 8
   sp = 1 if has_cls else 0
@@ -108,7 +136,7 @@ def test_folded_rel_pos_attention_equals_explicit_logits(has_cls, q_shape, k_sha
   if temporal:
     tables["rel_pos_t"] = jnp.asarray(rng.standard_normal((2 * q_shape[0] - 1, d), np.float32))
   args = (d ** -0.5, has_cls, q_shape, k_shape)
-  out = layers.folded_attention(q, k, v, *args, **tables)
+  out = fn(q, k, v, *args, **tables)
   ref = _reference_attention(q, k, v, *args, **tables)
   np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
   w = jnp.asarray(rng.standard_normal(ref.shape, np.float32))
@@ -116,6 +144,6 @@ def test_folded_rel_pos_attention_equals_explicit_logits(has_cls, q_shape, k_sha
   def loss(fn):
     return lambda q, k, v, t: jnp.sum(fn(q, k, v, *args, **t) * w)
 
-  grads = jax.grad(loss(layers.folded_attention), argnums=(0, 1, 2, 3))(q, k, v, tables)
+  grads = jax.grad(loss(fn), argnums=(0, 1, 2, 3))(q, k, v, tables)
   grads_ref = jax.grad(loss(_reference_attention), argnums=(0, 1, 2, 3))(q, k, v, tables)
   jax.tree.map(lambda a, r: np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-5), grads, grads_ref)
