@@ -96,14 +96,18 @@ def time_step(fn, args, warmup: int, steps: int) -> tuple[float, list[float]]:
 
 
 def forward_gmacs(name: str, batch: int = 1) -> tuple[float, float]:
-  """(XLA forward GFLOPs per view, official GMACs) for the named layout, from the lowered program."""
+  """(XLA forward GFLOPs per view, official GMACs) for the named layout, from the lowered program.
+
+  Counted with `scan_blocks` off: XLA's cost analysis counts a while loop's body once, so the scanned
+  program would understate the FLOPs of every scanned run of blocks.
+  """
   config = make_config(name)
+  config.model.scan_blocks = False
   model = factory.build_model(config)
   inputs = make_inputs(config, batch)
   params = jax.eval_shape(lambda: init_params(model, config, inputs))
   fwd = compiler.jit(lambda p, *a: model.apply({"params": p}, *a))
-  compiled = fwd.lower(params, *inputs).compile()
-  return _flops(compiled) / batch / 1e9, OFFICIAL_GMACS.get(name, float("nan"))
+  return _flops(fwd.lower(params, *inputs)) / batch / 1e9, OFFICIAL_GMACS.get(name, float("nan"))
 
 
 def _load() -> str:
@@ -170,8 +174,12 @@ def gpu_benchmark(args):
       step = compiler.jit(jax.value_and_grad(_loss_fn(model, config)))
       compile_s, times, compiled = time_step(step, (params,) + inputs, args.warmup, args.steps)
       # Platform-independent HLO count: on GPU the compiled module's analysis misses the cuBLAS /
-      # cuDNN custom calls, which would understate MFU several-fold.
-      flops = _flops(step.lower(params, *inputs))
+      # cuDNN custom calls, which would understate MFU several-fold; and unscanned, since the analysis
+      # counts a while loop's body once.
+      flat = make_config(args.model, args.gpu_dtype, remat)
+      flat.model.attention_impl, flat.model.scan_blocks = attention, False
+      flat_model = factory.build_model(flat)
+      flops = _flops(compiler.jit(jax.value_and_grad(_loss_fn(flat_model, flat))).lower(params, *inputs))
       if remat == "none":
         model_flops[(batch, attention)] = flops
       med = statistics.median(times)
