@@ -13,11 +13,16 @@ def conv_out_size(x_shape, kernel_size, stride) -> tuple[int, int, int]:
   return tuple((n + 2 * (k // 2) - k) // s + 1 for n, k, s in zip(x_shape[1:4], kernel_size, stride))
 
 
-def tap_slice(xp, offset, stride, out_size):
-  """The strided slice of the padded input that kernel tap `offset` multiplies: [N, *out_size, C]."""
-  start = (0,) + tuple(offset) + (0,)
-  limit = (xp.shape[0],) + tuple(o + s * (n - 1) + 1 for o, s, n in zip(offset, stride, out_size)) + (xp.shape[4],)
-  return jax.lax.slice(xp, start, limit, (1,) + tuple(stride) + (1,))
+def tap_slice(xp, offset, stride, out_size, lead: int = 1):
+  """The strided slice of the padded input that kernel tap `offset` multiplies: [N, *out_size, C].
+
+  `lead`: the number of axes before (t, h, w) -- 1 for [N, T, H, W, C], 2 for channels-first [C, N, T, H, W].
+  """
+  trail = xp.ndim - lead - 3
+  start = (0,) * lead + tuple(offset) + (0,) * trail
+  limit = (xp.shape[:lead] + tuple(o + s * (n - 1) + 1 for o, s, n in zip(offset, stride, out_size))
+           + xp.shape[lead + 3:])
+  return jax.lax.slice(xp, start, limit, (1,) * lead + tuple(stride) + (1,) * trail)
 
 
 def kernel_taps(kernel_size):
@@ -83,11 +88,7 @@ def _kernel_grad(xp, g, kernel_size, stride):
   """
   xt = jnp.moveaxis(xp, -1, 0).astype(jnp.float32)  # [C, N, T, H, W]
   gt = jnp.moveaxis(g, -1, 0).astype(jnp.float32)
-  out_size = g.shape[1:4]
-  products = []
-  for tap in kernel_taps(kernel_size):
-    limit = (xt.shape[0], xt.shape[1]) + tuple(o + s * (n - 1) + 1 for o, s, n in zip(tap, stride, out_size))
-    products.append(jax.lax.slice(xt, (0, 0) + tuple(tap), limit, (1, 1) + tuple(stride)) * gt)
+  products = [tap_slice(xt, tap, stride, g.shape[1:4], lead=2) * gt for tap in kernel_taps(kernel_size)]
   n = len(products)
   sums = jax.lax.reduce(tuple(products), tuple(jnp.float32(0) for _ in range(n)),
                         lambda a, b: tuple(a[i] + b[i] for i in range(n)), (1, 2, 3, 4))
