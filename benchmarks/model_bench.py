@@ -29,7 +29,11 @@ import numpy as np
 from maskfeat_jax import compiler
 from maskfeat_jax.models import factory
 from maskfeat_jax.config import base_config
+from maskfeat_jax.config import input_key
 from maskfeat_jax.models import layouts
+from maskfeat_jax.train import optim
+from maskfeat_jax.train import state as state_lib
+from maskfeat_jax.train import step as step_lib
 
 OFFICIAL_GMACS = {"maskfeat_mvit_s_16x4_pt": 86.5, "mvit_s_16x4_ft": 71.0, "maskfeat_mvit_l_16x4_pt": 450.4,
                   "mvit_l_16x4_ft": 377.0}
@@ -121,6 +125,28 @@ def _step_model_flops(name: str, dtype: str, attention: str, params, inputs) -> 
   return _flops(compiler.jit(jax.value_and_grad(_loss_fn(model, config))).lower(params, *inputs))
 
 
+def train_step_compile(config, model, params, inputs) -> tuple[float, int]:
+  """(compile seconds, optimised-HLO fusions) of the trainer's whole step: forward+backward, the global
+  grad norm, clipping and AdamW (the pre-training recipe's clipping and weight decay), as `train/step.py` builds it
+  (`train/trainer.py::_compile` adds only the shardings)."""
+  config.data.image_mode = bool(config.model.patch_2d)
+  o = config.optim
+  o.clip_grad_norm, o.weight_decay = 0.02, 0.05  # configs/k400_pretrain.py's
+  schedule = optim.Schedule(total_steps=100, warmup_steps=10.0, steps_per_epoch=10.0, base_lr=1e-4,
+                            start_lr=1e-6, end_lr=1e-6)
+  tx = optim.make_optimizer(config, params, schedule)
+  state = jax.eval_shape(lambda p: state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=p,
+                                                        opt_state=tx.init(p), rng=jnp.zeros((2,), jnp.uint32)),
+                         params)
+  batch = {input_key(config): inputs[0]}
+  if len(inputs) > 1:
+    batch["mask"] = inputs[1]
+  fn = compiler.jit(step_lib.make_step_fn(step_lib.loss_fn_for(config, model), tx), donate_argnums=(0,))
+  t0 = time.perf_counter()
+  compiled = fn.lower(state, batch, jax.ShapeDtypeStruct((), jnp.float32)).compile()
+  return time.perf_counter() - t0, compiled.as_text().count(" fusion(")
+
+
 def _load() -> str:
   return "load average %.2f %.2f %.2f" % os.getloadavg()
 
@@ -142,6 +168,10 @@ def cpu_benchmark(args):
     print(f"forward+backward, batch {args.batch}, scan_blocks {scan}: compile {compile_s:.1f} s; step median "
           f"{med:.2f} s over {len(times)} runs (min {min(times):.2f}, max {max(times):.2f}) after "
           f"{args.warmup} warm-up")
+    if args.train_step:
+      compile_s, fusions = train_step_compile(config, model, params, inputs)
+      print(f"train step (forward+backward+clip+AdamW), batch {args.batch}, scan_blocks {scan}: compile "
+            f"{compile_s:.1f} s ({fusions} fusions)")
   print(_load())
   names = [args.model] + ([] if args.skip_ft_flops or args.model == "mvit_s_16x4_ft" else ["mvit_s_16x4_ft"])
   for name in names:
@@ -232,6 +262,8 @@ def main(argv=None):
                  help="GPU table: model.attention_impl values to measure")
   p.add_argument("--scan_blocks", type=lambda v: v.split(","), default=["on"],
                  help="CPU: 'on', 'off' or 'on,off' (compile and step time of each, same params)")
+  p.add_argument("--train_step", action=argparse.BooleanOptionalAction, default=True,
+                 help="CPU: also compile the trainer's whole step (with the optimizer update)")
   p.add_argument("--skip_ft_flops", action="store_true", help="do not also count the MViT-S FT forward")
   p.add_argument("--gpu", action="store_true", help="GPU throughput / MFU / memory table")
   p.add_argument("--batches", type=lambda s: [int(v) for v in s.split(",")], default=[8, 16, 32])

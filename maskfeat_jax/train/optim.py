@@ -175,6 +175,32 @@ def layer_decay_factors(params, layer_decay: float, depth: int | None = None):
       lambda names, _: float(layer_decay) ** (depth + 1 - layer_id(names, depth)), params)
 
 
+def global_norm(tree) -> jax.Array:
+  """The L2 norm of all leaves (`optax.tree.norm`), with the sums of squares taken per shape.
+
+  Why not `optax.tree.norm`: XLA:CPU compiles each leaf's sum of squares as three kernels (square,
+  reduce-window, reduce), ~1,200 for MViT-S's 398 leaves, which is most of the optimizer's compile time.
+  Stacking the leaves of one shape first (the scanned blocks repeat every shape) leaves one reduction per
+  distinct shape. The value is the same up to summation order.
+  """
+  groups = {}
+  for x in jax.tree.leaves(tree):
+    groups.setdefault((tuple(x.shape), jnp.dtype(x.dtype)), []).append(x)
+  total = sum(jnp.sum(jnp.square(jnp.stack(g).astype(jnp.float32))) for g in groups.values())
+  return jnp.sqrt(jnp.asarray(total, jnp.float32))
+
+
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+  """`optax.clip_by_global_norm` (same arithmetic and EmptyState, so checkpoints match) on `global_norm`."""
+  def update(updates, state, params=None):
+    del params
+    g_norm = global_norm(updates)
+    trigger = g_norm < max_norm
+    return jax.tree.map(lambda t: jax.lax.select(trigger, t, (t / g_norm.astype(t.dtype)) * max_norm),
+                        updates), state
+  return optax.GradientTransformation(optax.init_empty_state, update)
+
+
 def scale_by_tree(factors) -> optax.GradientTransformation:
   """Multiplies each update by a fixed per-parameter factor (the layer-decay lr multiplier)."""
   def update(updates, state, params=None):
@@ -188,7 +214,7 @@ def make_optimizer(config, params, schedule: Schedule) -> optax.GradientTransfor
   o = config.optim
   parts = []
   if o.clip_grad_norm > 0:
-    parts.append(optax.clip_by_global_norm(o.clip_grad_norm))
+    parts.append(clip_by_global_norm(o.clip_grad_norm))
   parts.append(optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps))
   if o.weight_decay > 0:
     parts.append(optax.add_decayed_weights(

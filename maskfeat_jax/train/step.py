@@ -17,6 +17,7 @@ from maskfeat_jax import compiler
 from maskfeat_jax.config import input_key
 from maskfeat_jax.train import losses
 from maskfeat_jax.train import mixup
+from maskfeat_jax.train import optim
 from maskfeat_jax.train import state as state_lib
 
 LossFn = Callable[[Any, dict, jax.Array], tuple[jax.Array, dict]]
@@ -108,7 +109,7 @@ def make_step_fn(loss_fn: LossFn, tx: optax.GradientTransformation, accum: int =
   def step(state: state_lib.TrainState, batch: dict, lr: jax.Array):
     rng = jax.random.fold_in(state.rng, state.step)
     (loss, aux), grads = value_and_grad(loss_fn, state.params, batch, rng, accum)
-    grad_norm = optax.tree.norm(grads)  # before clipping (what the official logs show)
+    grad_norm = optim.global_norm(grads)  # before clipping (what the official logs show)
     updates, opt_state = tx.update(grads, state.opt_state, state.params, learning_rate=lr)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr, **aux}

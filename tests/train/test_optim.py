@@ -161,3 +161,24 @@ def test_epochs_count_videos_with_repeated_sampling():
   assert sched.total_steps == 200
   c.data.num_sample = 1
   assert optim.resolve_schedule(c, train_size=1600).steps_per_epoch == 50.0
+
+
+def test_global_norm_and_clip_equal_optax():
+  """optim.global_norm (sums per shape) = optax.tree.norm; optim.clip_by_global_norm = optax's, both sides of
+  the threshold, with the same (empty) state, so checkpoints of either restore into the other."""
+  import optax  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  tree = {f"blocks_{i}": {"w": jnp.asarray(rng.normal(size=(5, 7)), jnp.float32),
+                          "b": jnp.asarray(rng.normal(size=(7,)), jnp.float32)} for i in range(4)}
+  tree["head"] = {"w": jnp.asarray(rng.normal(size=(7, 3)), jnp.float32), "s": jnp.float32(3.0)}
+  np.testing.assert_allclose(optim.global_norm(tree), optax.tree.norm(tree), rtol=1e-6)
+  assert float(optim.global_norm({})) == 0.0
+  norm = float(optax.tree.norm(tree))
+  for max_norm in (norm / 10, norm * 10):
+    ours, ours_state = optim.clip_by_global_norm(max_norm).update(tree, optim.clip_by_global_norm(max_norm).init(tree))
+    ref, ref_state = optax.clip_by_global_norm(max_norm).update(tree, optax.clip_by_global_norm(max_norm).init(tree))
+    assert type(ours_state) is type(ref_state)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+      np.testing.assert_allclose(a, b, rtol=1e-6)
+  clipped, _ = optim.clip_by_global_norm(norm / 10).update(tree, optax.EmptyState())
+  np.testing.assert_allclose(optax.tree.norm(clipped), norm / 10, rtol=1e-5)
