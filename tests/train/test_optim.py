@@ -9,6 +9,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from maskfeat_jax.config import base_config
@@ -163,22 +164,42 @@ def test_epochs_count_videos_with_repeated_sampling():
   assert optim.resolve_schedule(c, train_size=1600).steps_per_epoch == 50.0
 
 
-def test_global_norm_and_clip_equal_optax():
-  """optim.global_norm (sums per shape) = optax.tree.norm; optim.clip_by_global_norm = optax's, both sides of
-  the threshold, with the same (empty) state, so checkpoints of either restore into the other."""
-  import optax  # pylint: disable=g-import-not-at-top
+def test_global_norm_equals_optax_and_clip_is_torchs():
+  """optim.global_norm (sums per shape) = optax.tree.norm; optim.clip_by_global_norm computes
+  torch.nn.utils.clip_grad_norm_'s g * min(1, max / (norm + 1e-6)) (the official loop's clipping) on both
+  sides of the threshold, with optax's (empty) state type, so checkpoints are unchanged."""
   rng = np.random.default_rng(0)
   tree = {f"blocks_{i}": {"w": jnp.asarray(rng.normal(size=(5, 7)), jnp.float32),
                           "b": jnp.asarray(rng.normal(size=(7,)), jnp.float32)} for i in range(4)}
   tree["head"] = {"w": jnp.asarray(rng.normal(size=(7, 3)), jnp.float32), "s": jnp.float32(3.0)}
   np.testing.assert_allclose(optim.global_norm(tree), optax.tree.norm(tree), rtol=1e-6)
   assert float(optim.global_norm({})) == 0.0
-  norm = float(optax.tree.norm(tree))
+  leaves = [np.asarray(x, np.float64) for x in jax.tree.leaves(tree)]
+  norm = float(np.sqrt(sum(np.sum(x * x) for x in leaves)))
   for max_norm in (norm / 10, norm * 10):
-    ours, ours_state = optim.clip_by_global_norm(max_norm).update(tree, optim.clip_by_global_norm(max_norm).init(tree))
-    ref, ref_state = optax.clip_by_global_norm(max_norm).update(tree, optax.clip_by_global_norm(max_norm).init(tree))
-    assert type(ours_state) is type(ref_state)
-    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
-      np.testing.assert_allclose(a, b, rtol=1e-6)
+    tx = optim.clip_by_global_norm(max_norm)
+    ours, ours_state = tx.update(tree, tx.init(tree))
+    assert type(ours_state) is type(optax.clip_by_global_norm(max_norm).init(tree))
+    coef = min(1.0, max_norm / (norm + 1e-6))
+    for a, x in zip(jax.tree.leaves(ours), leaves):
+      np.testing.assert_allclose(a, x * coef, rtol=1e-6)
+  # Below the threshold the gradients are returned exactly (a multiply by 1.0).
+  same, _ = optim.clip_by_global_norm(norm * 10).update(tree, optax.EmptyState())
+  for a, b in zip(jax.tree.leaves(same), jax.tree.leaves(tree)):
+    np.testing.assert_array_equal(a, b)
   clipped, _ = optim.clip_by_global_norm(norm / 10).update(tree, optax.EmptyState())
   np.testing.assert_allclose(optax.tree.norm(clipped), norm / 10, rtol=1e-5)
+
+
+def test_clip_matches_torch_clip_grad_norm():
+  """The same gradients through torch.nn.utils.clip_grad_norm_ (the torch extra) and ours."""
+  torch = pytest.importorskip("torch")
+  rng = np.random.default_rng(1)
+  grads = [rng.normal(size=s).astype(np.float32) for s in ((5, 7), (7,), (3, 3, 3, 1, 4))]
+  ours, _ = optim.clip_by_global_norm(0.5).update([jnp.asarray(g) for g in grads], optax.EmptyState())
+  params = [torch.nn.Parameter(torch.zeros(g.shape)) for g in grads]
+  for p, g in zip(params, grads):
+    p.grad = torch.from_numpy(g.copy())
+  torch.nn.utils.clip_grad_norm_(params, 0.5)
+  for a, p in zip(ours, params):
+    np.testing.assert_allclose(np.asarray(a), p.grad.numpy(), rtol=1e-6)
