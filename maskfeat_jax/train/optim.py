@@ -198,7 +198,7 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
   Why a scalar coefficient and not optax's `select(norm < max, g, g / norm * max)`: besides being the
   official formula, a multiply by a scalar fuses into each consumer (Adam's two moments), where XLA
   materialised optax's per-element divide as one more kernel per leaf (398 for MViT-S; BENCHMARKS.md,
-  "train step"). The state is optax's EmptyState, so checkpoints are unchanged.
+  "Model step on CPU", fourth session). The state is optax's EmptyState, so checkpoints are unchanged.
   """
   def update(updates, state, params=None):
     del params
