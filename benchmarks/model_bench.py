@@ -125,8 +125,8 @@ def _step_model_flops(name: str, dtype: str, attention: str, params, inputs) -> 
   return _flops(compiler.jit(jax.value_and_grad(_loss_fn(model, config))).lower(params, *inputs))
 
 
-def train_step_compile(config, model, params, inputs) -> tuple[float, int]:
-  """(compile seconds, optimised-HLO fusions) of the trainer's whole step: forward+backward, the global
+def train_step_compile(config, model, params, inputs) -> tuple[float, int, int]:
+  """(compile seconds, fusions, distinct fused kernels: `compiler.kernel_counts`) of the trainer's whole step: forward+backward, the global
   grad norm, clipping and AdamW (the pre-training recipe's clipping and weight decay), as `train/step.py` builds it
   (`train/trainer.py::_compile` adds only the shardings)."""
   config.data.image_mode = bool(config.model.patch_2d)
@@ -144,7 +144,8 @@ def train_step_compile(config, model, params, inputs) -> tuple[float, int]:
   fn = compiler.jit(step_lib.make_step_fn(step_lib.loss_fn_for(config, model), tx), donate_argnums=(0,))
   t0 = time.perf_counter()
   compiled = fn.lower(state, batch, jax.ShapeDtypeStruct((), jnp.float32)).compile()
-  return time.perf_counter() - t0, compiled.as_text().count(" fusion(")
+  seconds = time.perf_counter() - t0
+  return (seconds,) + compiler.kernel_counts(compiled.as_text())
 
 
 def _load() -> str:
@@ -169,9 +170,9 @@ def cpu_benchmark(args):
           f"{med:.2f} s over {len(times)} runs (min {min(times):.2f}, max {max(times):.2f}) after "
           f"{args.warmup} warm-up")
     if args.train_step:
-      compile_s, fusions = train_step_compile(config, model, params, inputs)
+      compile_s, fusions, distinct = train_step_compile(config, model, params, inputs)
       print(f"train step (forward+backward+clip+AdamW), batch {args.batch}, scan_blocks {scan}: compile "
-            f"{compile_s:.1f} s ({fusions} fusions)")
+            f"{compile_s:.1f} s ({fusions} fusions, {distinct} distinct kernels)")
   print(_load())
   names = [args.model] + ([] if args.skip_ft_flops or args.model == "mvit_s_16x4_ft" else ["mvit_s_16x4_ft"])
   for name in names:

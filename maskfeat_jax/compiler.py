@@ -9,6 +9,7 @@ instead of fusing compare-and-sum as XLA's own reductions do, and is several tim
 BENCHMARKS.md, "HOG target on CPU"). The option exists only on CPU; GPU and TPU get none.
 """
 import functools
+import re
 from typing import Any, Callable, Optional
 
 import jax
@@ -73,3 +74,26 @@ def jit(fun: Optional[Callable] = None, *, platform: Optional[str] = None, **kwa
   if fun is None:
     return functools.partial(jit, platform=platform, **kwargs)
   return _Jit(fun, platform, kwargs)
+
+
+_COMPUTATION = re.compile(r"^(%[\w.\-]+) [^\n]*\{\n(.*?)\n\}", re.M | re.S)
+_FUSION_CALL = re.compile(r" fusion\([^\n]*?calls=(%[\w.\-]+)([^\n]*)")
+_NAME = re.compile(r"%[\w.\-]+")
+_METADATA = re.compile(r"metadata=\{[^}]*\}")
+
+
+def kernel_counts(hlo_text: str) -> tuple[int, int]:
+  """(fusions, distinct fused kernels) of a compiled program's optimised HLO (`compiled.as_text()`).
+
+  Why both: XLA:CPU emits one kernel per distinct fused computation (same body up to names, same backend
+  config) and reuses it for every identical fusion, so the distinct count, not the fusion count, is what
+  code generation pays for (BENCHMARKS.md, "Model step on CPU", fourth session).
+  """
+  bodies = {m.group(1): _METADATA.sub("", _NAME.sub("%", m.group(2)))
+            for m in _COMPUTATION.finditer(hlo_text)}
+  calls = _FUSION_CALL.findall(hlo_text)
+  distinct = set()
+  for name, rest in calls:
+    config = re.search(r"backend_config=(\{.*\})", rest)
+    distinct.add((bodies.get(name, name), config.group(1) if config else ""))
+  return len(calls), len(distinct)

@@ -17,7 +17,7 @@ Mirrors `slowfast/models/optimizer.py::construct_optimizer` (weight-decay groups
 import dataclasses
 import math
 import re
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import numpy as np
@@ -207,12 +207,33 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
   return optax.GradientTransformation(optax.init_empty_state, update)
 
 
+class ScaleByTreeState(NamedTuple):
+  """The distinct factors of `scale_by_tree`, one float32 scalar each, as arrays of the state."""
+  values: tuple
+
+
 def scale_by_tree(factors) -> optax.GradientTransformation:
-  """Multiplies each update by a fixed per-parameter factor (the layer-decay lr multiplier)."""
+  """Multiplies each update by a fixed per-parameter factor (the layer-decay lr multiplier).
+
+  Why the factors live in the state: a factor closed over by the jitted step is a constant inside each
+  leaf's update kernel, so leaves of one shape in different blocks (different factors) get different
+  kernels, and XLA:CPU compiles every distinct kernel (BENCHMARKS.md, "Model step on CPU", fourth session).
+  Read from the state, each distinct factor value (depth + 2 of them) is a runtime scalar, and same-shape
+  leaves share one kernel. They are set by `init` from the config, as before; a checkpoint restores them.
+  """
+  leaves, treedef = jax.tree.flatten(factors)
+  values = sorted({float(f) for f in leaves})
+  slot = [values.index(float(f)) for f in leaves]
+
+  def init(params):
+    del params
+    return ScaleByTreeState(values=tuple(jnp.asarray(v, jnp.float32) for v in values))
+
   def update(updates, state, params=None):
     del params
-    return jax.tree.map(lambda u, f: u * jnp.asarray(f, u.dtype), updates, factors), state
-  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+    scale = jax.tree.unflatten(treedef, [state.values[k] for k in slot])
+    return jax.tree.map(lambda u, f: u * f.astype(u.dtype), updates, scale), state
+  return optax.GradientTransformation(init, update)
 
 
 def make_optimizer(config, params, schedule: Schedule) -> optax.GradientTransformation:

@@ -12,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 
+from maskfeat_jax import compiler
 from maskfeat_jax.config import base_config
 from maskfeat_jax.models import factory, layouts
 from maskfeat_jax.train import optim
@@ -203,3 +204,29 @@ def test_clip_matches_torch_clip_grad_norm():
   torch.nn.utils.clip_grad_norm_(params, 0.5)
   for a, p in zip(ours, params):
     np.testing.assert_allclose(np.asarray(a), p.grad.numpy(), rtol=1e-6)
+
+
+def test_layer_decay_factors_are_runtime_values_so_blocks_share_kernels():
+  """The layer-decay factors sit in the optimizer state (one scalar per distinct value), not as constants in
+  each leaf's update: same-shape leaves of different blocks compile to the same kernels, as without layer
+  decay (XLA:CPU compiles every distinct kernel), and the updates are those of the factors."""
+  params = {f"blocks_{i}": {"w": jnp.full((8, 16), 0.5 + i)} for i in range(6)}
+  grads = jax.tree.map(lambda x: jnp.cos(x) * jnp.ones_like(x), params)
+
+  def compiled(layer_decay):
+    c = _cfg(total_steps=10, **{"optim.layer_decay": layer_decay, "optim.weight_decay": 0.0,
+                                "optim.warmup_steps": 0, "optim.clip_grad_norm": 0.0})
+    tx = optim.make_optimizer(c, params, optim.resolve_schedule(c, None))
+    fn = compiler.jit(lambda g, s, p: tx.update(g, s, p, learning_rate=jnp.float32(1e-3)))
+    state = tx.init(params)
+    text = fn.lower(grads, state, params).compile().as_text()
+    return tx, state, fn(grads, state, params)[0], text
+
+  _, _, plain, plain_text = compiled(1.0)
+  tx, state, decayed, text = compiled(0.5)
+  _, distinct = compiler.kernel_counts(text)
+  assert distinct <= compiler.kernel_counts(plain_text)[1] + 1, (distinct, compiler.kernel_counts(plain_text))
+  assert any(isinstance(s, optim.ScaleByTreeState) for s in state)
+  factors = optim.layer_decay_factors(params, 0.5)
+  for name in params:
+    np.testing.assert_allclose(decayed[name]["w"], plain[name]["w"] * factors[name]["w"], rtol=1e-6)
