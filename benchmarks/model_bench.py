@@ -126,9 +126,9 @@ def _step_model_flops(name: str, dtype: str, attention: str, params, inputs) -> 
 
 
 def train_step_compile(config, model, params, inputs) -> tuple[float, int, int]:
-  """(compile seconds, fusions, distinct fused kernels: `compiler.kernel_counts`) of the trainer's whole step: forward+backward, the global
-  grad norm, clipping and AdamW (the pre-training recipe's clipping and weight decay), as `train/step.py` builds it
-  (`train/trainer.py::_compile` adds only the shardings)."""
+  """(compile seconds, fusions, distinct fused kernels: `compiler.kernel_counts`) of the trainer's whole
+  step: forward+backward, the global grad norm, clipping and AdamW (the pre-training recipe's clipping and
+  weight decay), as `train/step.py` builds it (`train/trainer.py::_compile` adds only the shardings)."""
   config.data.image_mode = bool(config.model.patch_2d)
   o = config.optim
   o.clip_grad_norm, o.weight_decay = 0.02, 0.05  # configs/k400_pretrain.py's
