@@ -80,6 +80,7 @@ _COMPUTATION = re.compile(r"^(%[\w.\-]+) [^\n]*\{\n(.*?)\n\}", re.M | re.S)
 _FUSION_CALL = re.compile(r" fusion\([^\n]*?calls=(%[\w.\-]+)([^\n]*)")
 _NAME = re.compile(r"%[\w.\-]+")
 _METADATA = re.compile(r"metadata=\{[^}]*\}")
+_BACKEND_CONFIG = re.compile(r"backend_config=(\{.*\})")
 
 
 def kernel_counts(hlo_text: str) -> tuple[int, int]:
@@ -94,6 +95,6 @@ def kernel_counts(hlo_text: str) -> tuple[int, int]:
   calls = _FUSION_CALL.findall(hlo_text)
   distinct = set()
   for name, rest in calls:
-    config = re.search(r"backend_config=(\{.*\})", rest)
+    config = _BACKEND_CONFIG.search(rest)
     distinct.add((bodies.get(name, name), config.group(1) if config else ""))
   return len(calls), len(distinct)
